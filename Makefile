@@ -1,0 +1,35 @@
+# Two commands: `make demo` and `make test`. Both create .venv if missing and install into it.
+# torch is pinned first to the CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
+LINT_PATHS := signify tests examples bench
+
+.PHONY: install test lint demo docs clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_PIN)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,cli,docs]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy signify
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/python examples/compare.py
+
+docs: install
+	$(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) .cache site

@@ -1,0 +1,536 @@
+"""`signify()`: build a `torch.optim.Optimizer` subclass from a base optimizer and a chain.
+
+The returned class is constructed like the base (same hyperparameter names and defaults) and
+behaves like any torch optimizer: plain-dict ``param_groups``, ``add_param_group``,
+``zero_grad``, closures, LR schedulers (the scheduled ``lr`` is the sign step size),
+``state_dict``/``load_state_dict``, step hooks and named parameters.
+
+Its chain is ``[adapter, *transforms, ApplyUpdate()]``: the adapter rewrites the base's step as
+``x <- x - lr * a / sigma``; the transforms turn ``(a, sigma)`` into a direction (and may add
+a stepsize, a vote, a block schedule); the last one writes the parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from . import validation
+from .adapters import Adapter, adapter_for
+from .executor import Executor
+from .transforms.apply import ApplyUpdate
+from .transforms.base import Transform
+from .transforms.scale import RunningMaxScale
+from .transforms.sign import NoSign, Sign, StochasticSign
+
+#: Version of the ``state_dict()["signify"]`` layout; bumped on incompatible changes.
+SCHEMA_VERSION = 1
+_NONFINITE = ("skip", "raise", "ignore")
+#: Options that an instance may override at construction (they do not change the chain).
+RUNTIME_OPTIONS = ("seed", "compile", "compile_chunk", "state_dtype", "nonfinite")
+CHECKED_OPTIONS = ("sign", "stochastic", "scale_beta", *RUNTIME_OPTIONS)
+_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The keyword options of `signify` (validated)."""
+
+    sign: bool = True
+    stochastic: bool = False
+    seed: int | None = None
+    compile: bool | None = None
+    compile_chunk: int = 8
+    scale_beta: float = 1.0
+    state_dtype: torch.dtype | None = None
+    nonfinite: str = "skip"
+    transforms: tuple[Transform, ...] | None = None
+    blocks: Any = None
+    stepsize: Any = None
+    vote: Any = None
+
+    def middle(self) -> list[Transform]:
+        """The transforms between the adapter and the parameter write:
+        ``[blocks, sign, vote, stepsize]`` from the keywords, or the explicit list."""
+        if self.transforms is not None:
+            return [copy.deepcopy(t) for t in self.transforms]
+        out: list[Transform] = []
+        if self.blocks is not None:
+            from .transforms.blocks import make_blocks
+
+            out.append(make_blocks(self.blocks))
+        if not self.sign:
+            out.append(NoSign())
+        else:
+            out.append(StochasticSign() if self.stochastic else Sign())
+        if self.vote is not None:
+            from .transforms.vote import make_vote
+
+            out.append(make_vote(self.vote))
+        if self.stepsize is not None:
+            from .transforms.stepsize import make_stepsize
+
+            out.append(make_stepsize(self.stepsize))
+        return out
+
+
+def build_chain(adapter: Adapter, options: Options) -> list[Transform]:
+    """``[adapter, (running max scale), *middle, ApplyUpdate()]``, with dead state dropped."""
+    middle = options.middle()
+    for t in middle:
+        if isinstance(t, (Adapter, ApplyUpdate)):
+            raise ValueError(
+                f"transforms must not include {type(t).__name__}: the base's adapter comes "
+                "first and the parameter write last, implicitly"
+            )
+    needs_scale = any(
+        "scale" in t.reads - getattr(t, "optional_reads", frozenset()) for t in middle
+    )
+    has_scale_maker = any("scale" in t.writes for t in middle)
+    if needs_scale and not adapter.has_scale and not has_scale_maker:
+        middle.insert(0, RunningMaxScale(options.scale_beta))
+    chain: list[Transform] = [adapter, *middle, ApplyUpdate()]
+    if not any("direction" in t.writes for t in chain):
+        raise ValueError("the chain has no transform that sets a direction (e.g. Sign())")
+    names = [t.name for t in chain]
+    if len(set(names)) != len(names):
+        raise ValueError(f"transform names must be unique in a chain, got {names}")
+    # Dead-state elimination: walk back, telling each transform what later ones read.
+    needed: set[str] = set()
+    for t in reversed(chain):
+        t.configure(frozenset(needed))
+        needed -= set(t.writes)
+        needed |= set(t.reads)
+    # Check that every (non-optional) read is produced earlier.
+    produced = {"params", "grads", "lr"}
+    for t in chain:
+        missing = (t.reads - getattr(t, "optional_reads", frozenset())) - produced
+        missing -= {"decay", "step_scale"}
+        if isinstance(t, Adapter):
+            produced |= {"num", "decay", "step_scale"} | ({"scale"} if t.has_scale else set())
+            continue
+        if missing:
+            raise ValueError(
+                f"{type(t).__name__} reads {sorted(missing)}, set by no earlier transform"
+            )
+        produced |= set(t.writes)
+    return chain
+
+
+class SignifiedOptimizer(torch.optim.Optimizer):
+    """Base class of the classes `signify` returns. Not constructed directly."""
+
+    base: ClassVar[type[torch.optim.Optimizer]]
+    options: ClassVar[Options]
+    _base_params: ClassVar[dict[str, Any]]  # base hyperparameter name -> default
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        overrides = {k: kwargs.pop(k) for k in RUNTIME_OPTIONS if k in kwargs}
+        if overrides:
+            current = {f: getattr(self.options, f) for f in CHECKED_OPTIONS}
+            check_options(**{**current, **overrides})
+            self.options = dataclasses.replace(self.options, **overrides)  # type: ignore[misc]
+        hyper = self._bind_hyper(args, kwargs)
+        adapter = adapter_for(self.base)
+        adapter.validate(hyper)
+        self._adapter = adapter
+        self._chain = build_chain(adapter, self.options)
+        for t in self._chain:
+            hyper.update({k: v for k, v in t.hyper_defaults.items() if k not in hyper})
+        validation.check_hyper(hyper, self.base)
+        validation.check_with_base(self.base, {k: hyper[k] for k in self._base_params})
+        self._shared: dict[str, dict[str, Any]] = {}
+        self._seed = self.options.seed
+        if self._seed is None:
+            self._seed = int(torch.randint(0, 2**62, (1,)).item())
+        super().__init__(params, hyper)
+        for t in self._chain:
+            t.state_dtype = self.options.state_dtype
+            t.bind(self)
+        compile_ = self.options.compile
+        if compile_ is None:
+            compile_ = _compile_by_default(self.all_params())
+        self._executor = Executor(
+            self, self._chain, compile_, self.options.compile_chunk, self.options.nonfinite
+        )
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def _bind_hyper(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = list(cls._base_params)
+        if len(args) > len(names):
+            raise TypeError(
+                f"{cls.__name__} takes at most {len(names)} positional hyperparameters "
+                f"({', '.join(names)}), got {len(args)}"
+            )
+        hyper = dict(cls._base_params)
+        for name, value in zip(names, args):
+            if name in kwargs:
+                raise TypeError(f"{cls.__name__} got multiple values for argument {name!r}")
+            hyper[name] = value
+        transform_keys = set()
+        for t in cls.options.middle():
+            transform_keys |= set(t.hyper_defaults)
+        transform_keys |= {"scale_beta"}
+        for name, value in kwargs.items():
+            if name not in cls._base_params and name not in transform_keys:
+                raise TypeError(f"{cls.__name__} got an unexpected keyword argument {name!r}")
+            hyper[name] = value
+        for name, value in hyper.items():
+            if value is inspect.Parameter.empty:
+                raise TypeError(f"{cls.__name__} missing required argument {name!r}")
+        return hyper
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group.get("params")
+        if isinstance(params, Tensor):
+            params = [params]
+        params = list(params) if params is not None else []
+        if params and all(isinstance(p, tuple) and len(p) == 2 for p in params):
+            # Named parameters (model.named_parameters()), also on torch < 2.6.
+            param_group = dict(param_group)
+            param_group["param_names"] = [n for n, _ in params]
+            param_group["params"] = [p for _, p in params]
+        else:
+            param_group = dict(param_group, params=params)
+        for p in param_group["params"]:
+            if isinstance(p, Tensor) and p.is_complex():
+                raise ValueError("complex parameters are not supported by signify")
+        group_hyper = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
+        validation.check_hyper(group_hyper, self.base)
+        super().add_param_group(param_group)
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.invalidate()
+
+    # ---------------------------------------------------------------- stepping
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step (``closure`` re-evaluates the loss, as in torch)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._executor.step()
+        return loss
+
+    # ---------------------------------------------------------------- introspection
+    @property
+    def chain(self) -> list[Transform]:
+        """The transforms of this optimizer, adapter first, parameter write last."""
+        return list(self._chain)
+
+    @property
+    def compiled(self) -> bool:
+        return self._executor.compile
+
+    def all_params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because a gradient was non-finite (reading it syncs the device)."""
+        d = self._shared.get("nonfinite")
+        return int(d["skipped"].item()) if d else 0
+
+    def __repr__(self) -> str:
+        chain = ", ".join(repr(t) for t in self._chain)
+        body = super().__repr__()
+        head, _, rest = body.partition("(")
+        return f"{head}(\nchain: [{chain}]{rest if rest.startswith(chr(10)) else chr(10) + rest}"
+
+    # ---------------------------------------------------------------- shared state
+    def shared_state(self, device: torch.device) -> dict[str, dict[str, Any]]:
+        """Optimizer-level state (random generator, skip counter, transforms' scalars)."""
+        if "rng" not in self._shared:
+            seed = self._seed if self._seed is not None else 0
+            self._shared["rng"] = {
+                "seed": torch.tensor(seed, dtype=torch.int64, device=device),
+                "counter": torch.zeros((), dtype=torch.int64, device=device),
+            }
+            self._shared["nonfinite"] = {"skipped": torch.zeros((), device=device)}
+            for t in self._chain:
+                self._shared.setdefault(t.name, t.shared_state(device))
+        else:
+            for d in self._shared.values():
+                for k, v in d.items():
+                    if isinstance(v, Tensor) and v.device != device:
+                        d[k] = v.to(device)
+        return self._shared
+
+    def rng_state(self, device: torch.device) -> dict[str, Tensor]:
+        return self.shared_state(device)["rng"]
+
+    def count_skipped(self, bad: Tensor) -> None:
+        self._shared["nonfinite"]["skipped"].add_((bad != 0).to(torch.float32))
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        shared = {
+            name: {
+                k: (v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v))
+                for k, v in d.items()
+            }
+            for name, d in self._shared.items()
+        }
+        sd["signify"] = {
+            "schema": SCHEMA_VERSION,
+            "chain": [t.name for t in self._chain],
+            "seed": self._seed,
+            "shared": shared,
+            "extra": {t.name: x for t in self._chain if (x := t.extra_state()) is not None},
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict) or "state" not in state_dict:
+            raise TypeError("state_dict must be a dict returned by an optimizer's state_dict()")
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("signify", None)
+        if extra is not None:
+            schema = extra.get("schema")
+            if schema != SCHEMA_VERSION:
+                raise ValueError(
+                    f"state_dict has signify schema {schema}; this version reads {SCHEMA_VERSION}"
+                )
+            names = [t.name for t in self._chain]
+            if extra.get("chain") != names:
+                raise ValueError(
+                    f"state_dict was saved by the chain {extra.get('chain')}, "
+                    f"this optimizer has {names}"
+                )
+        self._check_shapes(state_dict)
+        super().load_state_dict(state_dict)
+        for p in self.all_params():
+            st = self.state.get(p)
+            if st:
+                self.state[p] = self._restore_param_state(p, st)
+        if extra is not None:
+            self._seed = extra.get("seed", self._seed)
+            self._shared = {k: dict(v) for k, v in extra.get("shared", {}).items()}
+            for t in self._chain:
+                if t.name in extra.get("extra", {}):
+                    t.load_extra_state(extra["extra"][t.name])
+        self._executor.invalidate()
+        self._executor.hyper.clear()
+        for t in self._chain:
+            t.after_load(self)
+
+    def _check_shapes(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("param_groups", [])
+        ids = [i for g in saved for i in g.get("params", [])]
+        params = self.all_params()
+        if len(ids) != len(params):
+            raise ValueError(
+                f"state_dict holds {len(ids)} parameters, this optimizer {len(params)}"
+            )
+        for i, p in zip(ids, params):
+            for key, value in state_dict["state"].get(i, {}).items():
+                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(
+                        f"state {key!r} of parameter {i} has shape {tuple(value.shape)}, "
+                        f"the parameter {tuple(p.shape)}"
+                    )
+
+    def _restore_param_state(self, p: Tensor, st: dict[str, Any]) -> dict[str, Any]:
+        st = self._adapter.migrate(dict(st), p)
+        dtype = self.options.state_dtype
+        for k, v in st.items():
+            if not isinstance(v, Tensor):
+                continue
+            if k.endswith("step") and v.dim() == 0:
+                st[k] = v.to(device=p.device, dtype=torch.float32)
+            elif dtype is not None and v.is_floating_point() and v.dim() > 0:
+                st[k] = v.to(dtype=dtype)
+        return st
+
+
+def _compile_by_default(params: Sequence[Tensor]) -> bool:
+    """Compile on CUDA where torch.compile works (Triton importable); eager elsewhere."""
+    if not params or not all(p.device.type == "cuda" for p in params):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _base_hyperparameters(base: type[torch.optim.Optimizer]) -> dict[str, Any]:
+    sig = inspect.signature(base.__init__)
+    out: dict[str, Any] = {}
+    for name, par in list(sig.parameters.items())[2:]:  # skip self, params
+        if par.kind in (par.VAR_POSITIONAL, par.VAR_KEYWORD):
+            continue
+        out[name] = par.default
+    return out
+
+
+def signify(
+    base: type[torch.optim.Optimizer] | torch.optim.Optimizer,
+    transforms: Iterable[Transform] | None = None,
+    *,
+    sign: bool = True,
+    stochastic: bool = False,
+    seed: int | None = None,
+    compile: bool | None = None,
+    compile_chunk: int = 8,
+    scale_beta: float = 1.0,
+    state_dtype: torch.dtype | None = None,
+    nonfinite: str = "skip",
+    blocks: Any = None,
+    stepsize: Any = None,
+    vote: Any = None,
+    **unknown: Any,
+) -> Any:
+    """Turn a torch optimizer (a class or an instance) into its sign-based counterpart.
+
+    Args:
+        base: a ``torch.optim.Optimizer`` subclass, or an instance (the result then optimizes
+            the same param groups with the same hyperparameters and state).
+        transforms: an explicit ordered list of transforms placed between the base's adapter
+            and the parameter write, replacing what ``sign``/``stochastic`` would build.
+        sign: False gives the base optimizer exactly (no conversion).
+        stochastic: the unbiased stochastic sign ``sign(a + sigma * n)`` (StoSignSGD).
+        seed: seed of the optimizer's noise (``None``: drawn from torch's global generator).
+        compile: run each step as compiled fused graphs (``None``: on CUDA when available).
+        compile_chunk: tensors per compiled graph call (a power of two).
+        scale_beta: decay of the running-max scale used by bases without a denominator.
+        state_dtype: dtype of floating state buffers (``None``: the parameter's dtype).
+        nonfinite: ``"skip"`` a step whose gradients hold NaN/Inf (default), ``"raise"``
+            (costs a host sync) or ``"ignore"``.
+        blocks: block-coordinate updates, e.g. ``"depth"`` (ABSignSGD) or a `Blocks`.
+        stepsize: a parameter-free stepsize, e.g. ``"alias"`` or a stepsize transform.
+        vote: ``"majority"``, a ``ProcessGroup`` or a `MajorityVote`: 1-bit majority vote.
+
+    Returns:
+        A ``torch.optim.Optimizer`` subclass (or an instance, when given an instance).
+    """
+    if unknown:
+        raise TypeError(f"signify() got unexpected option(s): {', '.join(sorted(unknown))}")
+    check_options(
+        sign=sign,
+        stochastic=stochastic,
+        seed=seed,
+        compile=compile,
+        compile_chunk=compile_chunk,
+        scale_beta=scale_beta,
+        state_dtype=state_dtype,
+        nonfinite=nonfinite,
+    )
+    chain: tuple[Transform, ...] | None = None
+    if transforms is not None:
+        if isinstance(transforms, Transform):
+            transforms = [transforms]
+        chain = tuple(transforms)
+        for t in chain:
+            if not isinstance(t, Transform):
+                raise TypeError(f"transforms must be Transform instances, got {type(t).__name__}")
+        if (
+            sign is not True
+            or stochastic is not False
+            or any(x is not None for x in (blocks, stepsize, vote))
+        ):
+            raise TypeError(
+                "pass either an explicit transforms list or the shorthand keywords "
+                "(sign=, stochastic=, blocks=, stepsize=, vote=), not both"
+            )
+    options = Options(
+        sign=sign,
+        stochastic=stochastic,
+        seed=seed,
+        compile=compile,
+        compile_chunk=compile_chunk,
+        scale_beta=float(scale_beta),
+        state_dtype=state_dtype,
+        nonfinite=nonfinite,
+        transforms=chain,
+        blocks=blocks,
+        stepsize=stepsize,
+        vote=vote,
+    )
+    options.middle()  # builds the transforms once, so a bad blocks=/stepsize=/vote= fails here
+    if isinstance(base, torch.optim.Optimizer):
+        cls = _make_class(type(base), options)
+        return cls.from_optimizer(base)  # type: ignore[attr-defined]
+    if not (isinstance(base, type) and issubclass(base, torch.optim.Optimizer)):
+        raise TypeError(f"base must be a torch.optim.Optimizer subclass or instance, got {base!r}")
+    if issubclass(base, SignifiedOptimizer):
+        raise TypeError(f"{base.__name__} is already signified")
+    return _make_class(base, options)
+
+
+def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[SignifiedOptimizer]:
+    if issubclass(base, SignifiedOptimizer):
+        raise TypeError(f"{base.__name__} is already signified")
+    prefix = "Sign" if options.sign else "Signified"
+    name = prefix + base.__name__
+    base_params = _base_hyperparameters(base)
+
+    def from_optimizer(cls: type[SignifiedOptimizer], opt: torch.optim.Optimizer) -> Any:
+        groups = []
+        for g in opt.param_groups:
+            g2 = {k: v for k, v in g.items() if k in base_params or k in ("params", "param_names")}
+            groups.append(g2)
+        kwargs = {k: v for k, v in opt.defaults.items() if k in base_params}
+        new = cls(groups, **kwargs)
+        if opt.state:
+            new.load_state_dict(opt.state_dict())
+        return new
+
+    doc = (
+        f"{base.__module__}.{base.__qualname__} converted by signify.\n\n"
+        f"Constructed like the base: ({', '.join(base_params)})."
+    )
+    return type(
+        name,
+        (SignifiedOptimizer,),
+        {
+            "base": base,
+            "options": options,
+            "_base_params": base_params,
+            "from_optimizer": classmethod(from_optimizer),
+            "__doc__": doc,
+            "__module__": "signify",
+        },
+    )
+
+
+def check_options(
+    *,
+    sign: Any,
+    stochastic: Any,
+    seed: Any,
+    compile: Any,
+    compile_chunk: Any,
+    scale_beta: Any,
+    state_dtype: Any,
+    nonfinite: Any,
+) -> None:
+    """Validate `signify`'s options (TypeError for a wrong type, ValueError for a bad value)."""
+    validation.check_bool("sign", sign)
+    validation.check_bool("stochastic", stochastic)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    if compile is not None:
+        validation.check_bool("compile", compile)
+    if isinstance(compile_chunk, bool) or not isinstance(compile_chunk, int):
+        raise TypeError(f"compile_chunk must be a power of two, got {compile_chunk!r}")
+    if compile_chunk < 1 or compile_chunk & (compile_chunk - 1):
+        raise ValueError(f"compile_chunk must be a power of two, got {compile_chunk}")
+    if state_dtype is not None and state_dtype not in _STATE_DTYPES:
+        raise ValueError(f"state_dtype must be one of {_STATE_DTYPES} or None, got {state_dtype}")
+    if nonfinite not in _NONFINITE:
+        raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
+    RunningMaxScale(scale_beta)  # validates scale_beta

@@ -1,0 +1,100 @@
+"""The papers' named methods, built from the same pieces as everything else.
+
+* `Signum` (Bernstein et al. 2018): ``m = beta m + (1 - beta) g``, ``x -= lr (sign(m) + wd x)``.
+* `StoSignSGD` (arXiv 2604.15416, Alg. 3): Signum's momentum, the running max
+  ``G = max(beta2 G, |m|)`` and ``x -= lr (sign(m + G n) + wd x)``.
+* `SignAdamax` (the sign conversion of AdaMax, Alg. 9): torch's Adamax moments,
+  ``x -= lr (sign(m_hat + u n) + wd x)``.
+
+Each is a `signify` class with its own signature; weight decay is decoupled, as in the papers.
+Runtime options (``seed``, ``compile``, ``state_dtype``, ``nonfinite``, ``compile_chunk``) are
+accepted as keywords.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .optimizer import signify
+from .transforms import DecoupledWeightDecay, Sign, StochasticSign
+
+_SignumBase = signify(torch.optim.SGD, [Sign(), DecoupledWeightDecay()])
+_StoSignBase = signify(torch.optim.SGD, [StochasticSign(), DecoupledWeightDecay()])
+_SignAdamaxBase = signify(torch.optim.Adamax, [StochasticSign(), DecoupledWeightDecay()])
+
+
+def _pair(name: str, betas: Any) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"{name} must be a pair of floats, got {betas!r}")
+    return float(betas[0]), float(betas[1])
+
+
+class Signum(_SignumBase):  # type: ignore[misc, valid-type]
+    """Signum: sign of an EMA momentum, decoupled weight decay. ``momentum=0`` is signSGD."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            dampening=momentum,
+            decoupled_wd=weight_decay,
+            **options,
+        )
+
+
+class StoSignSGD(_StoSignBase):  # type: ignore[misc, valid-type]
+    """StoSignSGD (Alg. 3). ``betas = (beta1, beta2)``: momentum and running-max decay
+    (``beta2 = 1``, the default, is the pure running max of the paper's theory)."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 1.0),
+        weight_decay: float = 0.0,
+        **options: Any,
+    ) -> None:
+        b1, b2 = _pair("betas", betas)
+        if not 0.0 <= b1 < 1.0:
+            raise ValueError(f"betas[0] must be in [0, 1), got {b1}")
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=b1,
+            dampening=b1,
+            scale_beta=b2,
+            decoupled_wd=weight_decay,
+            **options,
+        )
+
+
+class SignAdamax(_SignAdamaxBase):  # type: ignore[misc, valid-type]
+    """Sign-converted AdaMax (Alg. 9): unbiased for torch Adamax's ``m_hat / u``."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=_pair("betas", betas),
+            eps=eps,
+            decoupled_wd=weight_decay,
+            **options,
+        )

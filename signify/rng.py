@@ -1,0 +1,123 @@
+"""Counter-based random numbers written in plain tensor ops.
+
+The stochastic sign and stochastic rounding need uniforms that are at once
+
+* reproducible: the same seed gives the same run, eager or compiled, CPU or GPU;
+* resumable: the whole generator state is two integers (seed and step counter), saved in
+  ``state_dict``;
+* per-rank independent when ranks must disagree (majority vote), identical when they must
+  agree (data parallel with all-reduced gradients);
+* compile-friendly: drawn inside the fused update kernel, with no ``generator=`` argument
+  (which ``torch.compile(fullgraph=True)`` rejects).
+
+A counter-based generator gives all four. Each element's bits are a hash of
+``(step key, tensor key, element index)``, in the spirit of Philox (Salmon et al. 2011) but
+with a simpler mixer: two rounds of the 32-bit integer finaliser popularised by Thomas
+Mueller (``x ^= x >> 16; x *= 0x45d9f3b``). Every multiplication keeps its operands below
+2**32 and 2**31, so int64 products never overflow and the result is bit-identical under
+eager CPU, inductor C++ and Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MASK32 = 0xFFFFFFFF
+_MUL = 0x45D9F3B  # < 2**31: int64 products of a 32-bit value stay below 2**63
+_GOLDEN = 0x9E3779B9
+
+# Distinct constants per use of the random stream, so that the noise of the stochastic sign
+# and the rounding bits of each written buffer are independent of one another.
+STREAM_SIGN = 0x01
+STREAM_PARAM = 0x02
+STREAM_VOTE = 0x03
+
+
+def mix32(x: Tensor) -> Tensor:
+    """A bijective 32-bit integer hash of an int64 tensor holding values in [0, 2**32)."""
+    x = (((x >> 16) ^ x) * _MUL) & MASK32
+    x = (((x >> 16) ^ x) * _MUL) & MASK32
+    return (x >> 16) ^ x
+
+
+def mix32_int(x: int) -> int:
+    """`mix32` on a Python integer (for keys known on the host)."""
+    x &= MASK32
+    x = (((x >> 16) ^ x) * _MUL) & MASK32
+    x = (((x >> 16) ^ x) * _MUL) & MASK32
+    return (x >> 16) ^ x
+
+
+def stream_constant(name: str | int) -> int:
+    """A 32-bit constant naming one random stream (a buffer key or a ``STREAM_*`` id)."""
+    if isinstance(name, int):
+        return mix32_int(name * _GOLDEN)
+    h = 0
+    for ch in name.encode():
+        h = mix32_int(h ^ ch)
+    return mix32_int(h ^ 0x5BD1E995)
+
+
+def tensor_key(index: int) -> int:
+    """Key of the tensor with global position ``index`` in the optimizer (stable on resume)."""
+    return mix32_int(index * _GOLDEN + 0x7F4A7C15)
+
+
+def step_key(seed: Tensor, counter: Tensor, rank: int = 0) -> Tensor:
+    """The key of one optimizer step, a 0-d int64 tensor in [0, 2**32).
+
+    ``seed`` and ``counter`` are int64 tensors; ``rank`` (0 unless ranks must draw
+    independent noise) is folded in on the host.
+    """
+    k = mix32(seed & MASK32)
+    k = mix32(k ^ ((seed >> 32) & MASK32))
+    k = mix32(k ^ (counter & MASK32))
+    k = mix32(k ^ ((counter >> 32) & MASK32))
+    if rank:
+        k = mix32(k ^ mix32_int(rank + 1))
+    return k
+
+
+def random_bits(key: Tensor, n: int, device: torch.device, stream: int) -> Tensor:
+    """32 random bits per element as an int64 tensor of length ``n``.
+
+    ``key`` is the 0-d int64 key of (step, tensor); ``stream`` a constant from
+    `stream_constant`.
+    """
+    idx = torch.arange(n, device=device, dtype=torch.int64)
+    k1 = key ^ stream
+    x = mix32(idx ^ k1)
+    return mix32(x ^ (k1 * 0x2C1B3C6D & MASK32) ^ 0x297A2D39)
+
+
+def uniform_pm1(bits: Tensor) -> Tensor:
+    """Map 32 random bits to float32 uniforms on the open interval (-1, 1), symmetric about 0.
+
+    The top 24 bits give ``(2k + 1) / 2**24 - 1`` for k in [0, 2**24): every value is
+    exactly representable, and the distribution is exactly symmetric, so
+    ``E[sign(a + s * n)] = a / s`` holds to within 2**-24 for ``|a| <= s``.
+    """
+    k = (bits >> 8).to(torch.float32)
+    return (k * 2.0 + 1.0) * (2.0**-24) - 1.0
+
+
+def stochastic_round(value: Tensor, dtype: torch.dtype, bits: Tensor) -> Tensor:
+    """Round float32 ``value`` to ``dtype`` without bias: E[result] = value.
+
+    For bfloat16 the low 16 bits of the float32 pattern are dropped after adding 16 random
+    bits, so the value rounds up with probability equal to the dropped fraction (Gupta et al.
+    2015). Other low-precision types use round-to-nearest.
+    """
+    if dtype == torch.bfloat16:
+        v = value.to(torch.float32)
+        pattern = v.view(torch.int32).to(torch.int64)
+        pattern = (pattern + (bits & 0xFFFF)) & ~0xFFFF
+        # Re-wrap to the signed int32 range before reinterpreting the bits.
+        pattern = torch.where(pattern >= 2**31, pattern - 2**32, pattern)
+        rounded = pattern.to(torch.int32).view(torch.float32)
+        # Keep non-finite values (and values that would round past the largest finite
+        # bfloat16) on the deterministic path.
+        rounded = torch.where(torch.isfinite(rounded), rounded, v)
+        return rounded.to(dtype)
+    return value.to(dtype)

@@ -1,0 +1,236 @@
+"""The transform protocol.
+
+A transform is a small object with two pure-looking methods over lists of tensors, in the
+manner of optax's ``GradientTransformation``:
+
+* ``init(params, hyper) -> state``: per-parameter state, as ``{key: [tensor per param]}``;
+* ``update(u, state, ctx) -> (u, state)``: read and write fields of the `Update` that flows
+  through the chain, and update ``state``.
+
+State tensors are updated in place through ``ctx.write`` (which applies the non-finite skip
+mask and rounds into low-precision buffers), so the same code runs eagerly and inside one
+``torch.compile`` graph. Everything a transform reads from ``ctx.hyper`` is a 0-d tensor, so a
+learning-rate schedule never recompiles; what it reads from ``ctx.static`` (flags such as
+``amsgrad``, or whether ``weight_decay`` is non-zero) is a compile-time constant.
+
+The fields of `Update`:
+
+``params``, ``grads``
+    the parameters and their gradients, flattened to 1-D;
+``num`` (a), ``scale`` (sigma)
+    the base optimizer's update written as ``x <- x - lr * a / sigma`` (``scale`` is ``None``
+    when the base has no denominator);
+``direction``
+    what the parameter write subtracts, times the step size;
+``lr``
+    the step size, a 0-d tensor (the group's ``lr``, or a stepsize oracle's estimate times it);
+``step_scale``
+    optional per-tensor 0-d multipliers of ``lr`` that belong to the base (Adagrad's decay);
+``decay``
+    the decoupled weight decay coefficient, applied as ``x <- x - lr * decay * x``.
+
+Optional hooks, used by transforms that need more than elementwise work (each documented on
+`Transform`): ``bind``, ``select``, ``before_step``, ``prepare``/``finalize`` (global
+reductions before the update), ``exchange`` (a collective between two elementwise passes),
+``after_step``, ``state_dict``/``load_state_dict`` (state that is not per parameter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .. import rng
+
+if TYPE_CHECKING:
+    from ..optimizer import SignifiedOptimizer
+
+State = dict[str, list[Tensor]]
+
+
+@dataclasses.dataclass
+class Update:
+    """The tensors that flow through a chain for one list of parameters."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    lr: Tensor
+    num: list[Tensor] | None = None
+    scale: list[Tensor] | None = None
+    direction: list[Tensor] | None = None
+    step_scale: list[Tensor] | None = None
+    decay: Tensor | None = None
+
+
+class StepContext:
+    """What a transform may read besides its own state during one step of one group.
+
+    ``hyper``: numeric group hyperparameters as device tensors (0-d, or 1-d for tuples).
+    ``static``: compile-time constants of the group (see `freeze_static`).
+    ``keys``: int64 per-tensor random-stream keys for this step (see `signify.rng`).
+    ``ok``: 0-d bool, False when the step must change nothing (non-finite gradients).
+    ``shared``: the optimizer-level state of transforms (`Transform.shared_state`).
+    """
+
+    def __init__(
+        self,
+        hyper: Mapping[str, Tensor],
+        static: Mapping[str, Any],
+        keys: Tensor,
+        ok: Tensor | None,
+        shared: Mapping[str, Any],
+    ) -> None:
+        self.hyper = hyper
+        self.static = static
+        self.keys = keys
+        self.ok = ok
+        self.shared = shared
+
+    def flag(self, name: str) -> bool:
+        """A static setting: a bool option, or whether a numeric hyperparameter is non-zero."""
+        return bool(self.static.get(name, False))
+
+    def bits(self, i: int, like: Tensor, stream: int) -> Tensor:
+        """32 random bits (int64) per element of the i-th tensor of this chunk."""
+        return rng.random_bits(self.keys[i], like.numel(), like.device, stream)
+
+    def uniform(self, i: int, like: Tensor, stream: int = rng.STREAM_SIGN) -> Tensor:
+        """Uniform noise on (-1, 1) shaped like the i-th tensor, float32."""
+        return rng.uniform_pm1(self.bits(i, like, stream))
+
+    def write(self, i: int, dst: Tensor, value: Tensor, stream: int) -> None:
+        """``dst <- value`` for the i-th tensor, skipped when the step is not ok, rounded
+        stochastically when ``dst`` is bfloat16 and ``value`` is not."""
+        if self.ok is not None:
+            value = torch.where(self.ok, value, dst)
+        if dst.dtype != value.dtype:
+            if dst.dtype == torch.bfloat16:
+                value = rng.stochastic_round(value, dst.dtype, self.bits(i, dst, stream))
+            else:
+                value = value.to(dst.dtype)
+        dst.copy_(value)
+
+
+def freeze_static(group: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The compile-time view of a param group: bools, strings and None as they are, numbers
+    as "is non-zero", tuples element-wise. Changing one of these values recompiles."""
+    out: list[tuple[str, Any]] = []
+    for k, v in sorted(group.items()):
+        if k in ("params", "param_names"):
+            continue
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            out.append((k, v))
+        elif isinstance(v, (int, float)):
+            out.append((k, v != 0))
+        elif isinstance(v, Tensor) and v.numel() == 1:
+            out.append((k, True))  # a tensor hyperparameter: its value may change any step
+        elif isinstance(v, (tuple, list)) and all(isinstance(x, (int, float)) for x in v):
+            out.append((k, tuple(x != 0 for x in v)))
+    return tuple(out)
+
+
+class Transform:
+    """Base class of every transform. Subclasses override what they need.
+
+    Class attributes:
+
+    ``name``: short name for ``repr`` and for namespacing state keys (``"<name>.<key>"``).
+    ``reads`` / ``writes``: the `Update` fields it uses, so a chain can drop state that no
+    longer matters (a base's denominator under the deterministic sign) and check order.
+    ``hyper_defaults``: group hyperparameters it adds, with their defaults.
+    ``counters``: per-parameter state keys incremented by one before each applied step.
+    ``state_prefix``: prefix of its per-parameter state keys (adapters use the base's own
+    names, with no prefix, so torch.optim checkpoints load unchanged).
+    """
+
+    name: ClassVar[str] = "transform"
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
+    hyper_defaults: ClassVar[dict[str, Any]] = {}
+    counters: tuple[str, ...] = ()
+    #: True when the transform needs the whole step's reductions (``prepare``) first.
+    has_prepare: ClassVar[bool] = False
+    #: True when the transform splits the elementwise pass around a collective.
+    is_barrier: ClassVar[bool] = False
+
+    #: dtype of floating state buffers (``None``: the parameter's dtype); set by the optimizer
+    state_dtype: torch.dtype | None = None
+
+    @property
+    def state_prefix(self) -> str:
+        return self.name + "."
+
+    def zeros(self, p: Tensor) -> Tensor:
+        """A zero state buffer shaped like ``p``, in the chain's state dtype."""
+        return torch.zeros_like(
+            p, dtype=self.state_dtype or p.dtype, memory_format=torch.preserve_format
+        )
+
+    # ---- per-parameter state and the elementwise update -------------------------------
+    def init(self, params: Sequence[Tensor], group: Mapping[str, Any]) -> State:
+        """Fresh per-parameter state for ``params`` (created lazily on their first step)."""
+        return {}
+
+    def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
+        return u, state
+
+    def begin(self, u: Update, state: State, ctx: StepContext) -> Update:
+        """Set per-segment scalar fields (e.g. ``decay``) at the start of every elementwise
+        pass, including the pass after a barrier."""
+        return u
+
+    # ---- optimizer-level hooks (host side, optional) ----------------------------------
+    def bind(self, opt: SignifiedOptimizer) -> None:
+        """Called once when the optimizer is built (blocks read parameter names here)."""
+
+    def configure(self, needed: frozenset[str]) -> None:
+        """Told which `Update` fields later transforms read (dead-state elimination)."""
+
+    def shared_state(self, device: torch.device) -> dict[str, Any]:
+        """Optimizer-level state (0-d tensors, host integers), kept in ``state_dict``."""
+        return {}
+
+    def select(self, group_index: int, params: list[Tensor]) -> list[Tensor]:
+        """Choose the parameters this step updates (block-coordinate methods)."""
+        return params
+
+    def before_step(self, opt: SignifiedOptimizer, active: list[list[Tensor]]) -> None:
+        """Host-side work before the elementwise passes (the run-and-read fallback)."""
+
+    def prepare(self, u: Update, state: State, ctx: StepContext) -> None:
+        """Accumulate global reductions into ``ctx.shared[self.name]`` (a pass before any
+        parameter changes). Enabled by ``has_prepare = True``."""
+
+    def finalize(self, opt: SignifiedOptimizer) -> None:
+        """Turn the reductions into scalars (all-reduced across ranks if needed)."""
+
+    def exchange(self, opt: SignifiedOptimizer) -> None:
+        """The collective between the two passes of a barrier transform."""
+
+    def after_step(self, opt: SignifiedOptimizer) -> None:
+        """Host-side work after the step (block switch, ``requires_grad`` flags)."""
+
+    def extra_state(self) -> dict[str, Any] | None:
+        """Host-side state to save in ``state_dict()["signify"]["extra"][name]``."""
+        return None
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what `extra_state` returned."""
+
+    def after_load(self, opt: SignifiedOptimizer) -> None:
+        """Called after ``load_state_dict`` restored per-parameter and shared state."""
+
+    def plan(self, params: Sequence[Tensor], group_index: int) -> State:
+        """Per-step scratch lists for ``params`` (views into flat buffers), rebuilt whenever
+        the set of stepped parameters changes."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"

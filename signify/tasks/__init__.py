@@ -1,0 +1,1 @@
+"""Small training tasks shared by the examples, the benchmarks and ``signify ablate``."""

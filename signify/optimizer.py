@@ -272,6 +272,25 @@ class SignifiedOptimizer(torch.optim.Optimizer):
     def count_skipped(self, bad: Tensor) -> None:
         self._shared["nonfinite"]["skipped"].add_((bad != 0).to(torch.float32))
 
+    # ---------------------------------------------------------------- pickling / copy
+    _OWN_ATTRS = ("_adapter", "_chain", "_shared", "_seed", "options")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for k in self._OWN_ATTRS:
+            if k in self.__dict__:
+                state[k] = self.__dict__[k]
+        state["_compile"] = self._executor.compile
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        compile_ = state.pop("_compile", False)
+        super().__setstate__(state)
+        if "_chain" in state:
+            self._executor = Executor(
+                self, self._chain, compile_, self.options.compile_chunk, self.options.nonfinite
+            )
+
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -458,7 +477,6 @@ def signify(
         stepsize=stepsize,
         vote=vote,
     )
-    options.middle()  # builds the transforms once, so a bad blocks=/stepsize=/vote= fails here
     if isinstance(base, torch.optim.Optimizer):
         cls = _make_class(type(base), options)
         return cls.from_optimizer(base)  # type: ignore[attr-defined]
@@ -472,6 +490,7 @@ def signify(
 def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[SignifiedOptimizer]:
     if issubclass(base, SignifiedOptimizer):
         raise TypeError(f"{base.__name__} is already signified")
+    build_chain(adapter_for(base), options)  # a malformed chain fails here, not at first use
     prefix = "Sign" if options.sign else "Signified"
     name = prefix + base.__name__
     base_params = _base_hyperparameters(base)
@@ -484,7 +503,8 @@ def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[Sig
         kwargs = {k: v for k, v in opt.defaults.items() if k in base_params}
         new = cls(groups, **kwargs)
         if opt.state:
-            new.load_state_dict(opt.state_dict())
+            # torch's load_state_dict keeps references: copy, so the two never share state.
+            new.load_state_dict(copy.deepcopy(opt.state_dict()))
         return new
 
     doc = (

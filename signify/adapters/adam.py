@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update
+from ..transforms.base import State, StepContext, Update, up
 from .base import Adapter, stream
 
 _M, _V, _VMAX = stream("exp_avg"), stream("exp_avg_sq"), stream("max_exp_avg_sq")
@@ -58,16 +58,16 @@ class AdamAdapter(Adapter):
             g = self.gradient(u, i, ctx, l2=l2)
             step = state["step"][i]
             m = state["exp_avg"][i]
-            m_new = torch.lerp(m.float(), g, 1 - beta1)
+            m_new = torch.lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
             num.append(m_new / (1 - beta1**step))
             if self.need_scale:
                 v = state["exp_avg_sq"][i]
-                v_new = v.float() * beta2 + (1 - beta2) * g * g
+                v_new = up(v) * beta2 + (1 - beta2) * g * g
                 ctx.write(i, v, v_new, _V)
                 if amsgrad:
                     vmax = state["max_exp_avg_sq"][i]
-                    v_new = torch.maximum(vmax.float(), v_new)
+                    v_new = torch.maximum(up(vmax), v_new)
                     ctx.write(i, vmax, v_new, _VMAX)
                 scale.append(v_new.sqrt() / (1 - beta2**step).sqrt() + eps)
         u.num = num

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import rng
-from ..transforms.base import StepContext, Transform, Update
+from ..transforms.base import StepContext, Transform, Update, up
 
 #: Keyword arguments of torch.optim classes that select an implementation. signify has its
 #: own (eager or compiled), so these are accepted and ignored.
@@ -63,11 +63,11 @@ class Adapter(Transform):
     def gradient(u: Update, i: int, ctx: StepContext, l2: bool = True) -> Tensor:
         """The base's effective gradient: negated under ``maximize``, plus ``wd * x`` when the
         base adds L2 weight decay (``l2`` and a non-zero ``weight_decay``)."""
-        g = u.grads[i].float()
+        g = up(u.grads[i])
         if ctx.flag("maximize"):
             g = -g
         if l2 and ctx.flag("weight_decay"):
-            g = g + ctx.hyper["weight_decay"] * u.params[i].float()
+            g = g + ctx.hyper["weight_decay"] * up(u.params[i])
         return g
 
     def migrate(self, state: dict[str, Any], param: Tensor) -> dict[str, Any]:

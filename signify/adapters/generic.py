@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update
+from ..transforms.base import State, StepContext, Update, up
 from .base import Adapter
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class GenericAdapter(Adapter):
         self.nonfinite = opt.options.nonfinite
 
     def init(self, params: Sequence[Tensor], group: Mapping[str, Any]) -> State:
-        return {"delta": [torch.zeros_like(p, dtype=torch.float32) for p in params]}
+        return {"delta": [torch.zeros_like(p, dtype=up(p).dtype) for p in params]}
 
     def before_step(self, opt: SignifiedOptimizer, active: list[list[Tensor]]) -> None:
         inner = self.inner

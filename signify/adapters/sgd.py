@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update
+from ..transforms.base import State, StepContext, Update, up
 from .base import Adapter, stream
 
 _BUF = stream("momentum_buffer")
@@ -44,7 +44,7 @@ class SGDAdapter(Adapter):
                 mu, damp = ctx.hyper["momentum"], ctx.hyper["dampening"]
                 buf = state["momentum_buffer"][i]
                 first = state["step"][i] == 1
-                new = torch.where(first, g, mu * buf.float() + (1 - damp) * g)
+                new = torch.where(first, g, mu * up(buf) + (1 - damp) * g)
                 ctx.write(i, buf, new, _BUF)
                 g = g + mu * new if nesterov else new
             num.append(g)

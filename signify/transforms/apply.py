@@ -11,7 +11,7 @@ drawn from the optimizer's counter-based generator (`signify.rng`).
 from __future__ import annotations
 
 from .. import rng
-from .base import State, StepContext, Transform, Update
+from .base import State, StepContext, Transform, Update, up
 
 
 class ApplyUpdate(Transform):
@@ -25,7 +25,7 @@ class ApplyUpdate(Transform):
             raise ValueError("ApplyUpdate needs `direction`: put a sign transform in the chain")
         for i, (p, d) in enumerate(zip(u.params, u.direction)):
             lr = u.lr if u.step_scale is None else u.lr * u.step_scale[i]
-            x = p.float()
+            x = up(p)
             step = d if u.decay is None else d + u.decay * x
             ctx.write(i, p, x - lr * step, stream=rng.STREAM_PARAM)
         return u, state

@@ -52,6 +52,11 @@ if TYPE_CHECKING:
 State = dict[str, list[Tensor]]
 
 
+def up(t: Tensor) -> Tensor:
+    """``t`` in the compute precision: float32 for 16-bit types, unchanged for float32/64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 @dataclasses.dataclass
 class Update:
     """The tensors that flow through a chain for one list of parameters."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import rng
-from .base import State, StepContext, Transform, Update
+from .base import State, StepContext, Transform, Update, up
 
 _G = rng.stream_constant("max_scale.G")
 
@@ -48,7 +48,7 @@ class RunningMaxScale(Transform):
         beta = ctx.hyper["scale_beta"]
         out = []
         for i, (a, g) in enumerate(zip(u.num, state["G"])):
-            new = torch.maximum(beta * g.float(), a.float().abs())
+            new = torch.maximum(beta * up(g), up(a).abs())
             ctx.write(i, g, new, stream=_G)
             out.append(new)
         u.scale = out

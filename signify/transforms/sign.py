@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import rng
-from .base import State, StepContext, Transform, Update
+from .base import State, StepContext, Transform, Update, up
 
 
 def _need(u: Update, field: str, who: str) -> list[torch.Tensor]:
@@ -36,7 +36,7 @@ class Sign(Transform):
 
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         num = _need(u, "num", "Sign")
-        u.direction = [torch.sign(a.float()) for a in num]
+        u.direction = [torch.sign(up(a)) for a in num]
         return u, state
 
 
@@ -52,14 +52,14 @@ class StochasticSign(Transform):
         num = _need(u, "num", "StochasticSign")
         scale = _need(u, "scale", "StochasticSign")
         u.direction = [
-            torch.sign(a.float() + s.float() * ctx.uniform(i, a, rng.STREAM_SIGN))
+            torch.sign(up(a) + up(s) * ctx.uniform(i, a, rng.STREAM_SIGN))
             for i, (a, s) in enumerate(zip(num, scale))
         ]
         return u, state
 
 
 def _ratio(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    a, s = a.float(), s.float()
+    a, s = up(a), up(s)
     return torch.where(s != 0, a / torch.where(s != 0, s, torch.ones_like(s)), torch.zeros_like(a))
 
 
@@ -89,7 +89,7 @@ class NoSign(Transform):
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         num = _need(u, "num", "NoSign")
         if u.scale is None:
-            u.direction = [a.float() for a in num]
+            u.direction = [up(a) for a in num]
         else:
-            u.direction = [a.float() / s.float() for a, s in zip(num, u.scale)]
+            u.direction = [up(a) / up(s) for a, s in zip(num, u.scale)]
         return u, state

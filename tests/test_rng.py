@@ -1,0 +1,120 @@
+"""The counter-based generator against an independent numpy uint32 implementation, and its
+statistics (uniformity, independence across elements, tensors and steps)."""
+
+import numpy as np
+import pytest
+import torch
+
+from signify import rng
+
+
+def np_mix32(x):
+    x = np.asarray(x, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        x = ((x >> np.uint32(16)) ^ x) * np.uint32(0x45D9F3B)
+        x = ((x >> np.uint32(16)) ^ x) * np.uint32(0x45D9F3B)
+    return (x >> np.uint32(16)) ^ x
+
+
+def np_bits(key, n, stream):
+    idx = np.arange(n, dtype=np.uint64).astype(np.uint32)
+    k1 = np.uint32(key) ^ np.uint32(stream)
+    x = np_mix32(idx ^ k1)
+    with np.errstate(over="ignore"):
+        k2 = np.uint32((int(k1) * 0x2C1B3C6D) & 0xFFFFFFFF)
+    return np_mix32(x ^ k2 ^ np.uint32(0x297A2D39))
+
+
+def test_mix32_matches_uint32_reference():
+    x = torch.randint(0, 2**32, (10000,), dtype=torch.int64)
+    got = rng.mix32(x).numpy().astype(np.uint64)
+    ref = np_mix32(x.numpy().astype(np.uint32)).astype(np.uint64)
+    np.testing.assert_array_equal(got, ref)
+    assert all(rng.mix32_int(int(v)) == int(r) for v, r in zip(x[:50].tolist(), ref[:50]))
+
+
+def test_random_bits_match_reference_and_are_32_bit():
+    key = int(torch.randint(0, 2**32, ()).item())
+    stream = rng.stream_constant("exp_avg")
+    got = rng.random_bits(torch.tensor(key), 5000, torch.device("cpu"), stream)
+    assert got.min() >= 0 and got.max() < 2**32
+    np.testing.assert_array_equal(got.numpy().astype(np.uint64), np_bits(key, 5000, stream))
+
+
+def test_uniform_is_symmetric_open_interval_with_right_moments():
+    key = rng.step_key(torch.tensor(int(torch.randint(0, 2**62, ()).item())), torch.tensor(7))
+    n = 1 << 20
+    u = rng.uniform_pm1(rng.random_bits(key, n, torch.device("cpu"), rng.STREAM_SIGN)).double()
+    assert u.min() > -1 and u.max() < 1
+    se = (1 / 3) ** 0.5 / n**0.5
+    assert abs(u.mean().item()) < 5 * se
+    assert abs(u.var().item() - 1 / 3) < 0.003
+    # neighbouring elements are uncorrelated
+    r = torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1].item()
+    assert abs(r) < 5 / n**0.5
+    # histogram: chi-square over 64 bins
+    counts = torch.histc(u, bins=64, min=-1, max=1)
+    expected = n / 64
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 63 + 6 * (2 * 63) ** 0.5
+
+
+def test_streams_steps_and_tensors_are_independent():
+    seed = torch.tensor(int(torch.randint(0, 2**62, ()).item()))
+    n = 1 << 18
+    cpu = torch.device("cpu")
+
+    def draw(counter, tkey, stream):
+        key = rng.mix32(torch.tensor(tkey) ^ rng.step_key(seed, torch.tensor(counter)))
+        return rng.uniform_pm1(rng.random_bits(key, n, cpu, stream)).double()
+
+    base = draw(1, rng.tensor_key(0), rng.STREAM_SIGN)
+    others = [
+        draw(2, rng.tensor_key(0), rng.STREAM_SIGN),  # next step
+        draw(1, rng.tensor_key(1), rng.STREAM_SIGN),  # next tensor
+        draw(1, rng.tensor_key(0), rng.STREAM_PARAM),  # another stream
+    ]
+    for o in others:
+        assert not torch.equal(o, base)
+        r = torch.corrcoef(torch.stack([base, o]))[0, 1].item()
+        assert abs(r) < 5 / n**0.5
+
+
+def test_step_key_depends_on_seed_counter_and_rank():
+    s, c = torch.tensor(123), torch.tensor(4)
+    k = rng.step_key(s, c).item()
+    assert k != rng.step_key(torch.tensor(124), c).item()
+    assert k != rng.step_key(s, torch.tensor(5)).item()
+    assert k != rng.step_key(s, c, rank=1).item()
+    assert k == rng.step_key(s.clone(), c.clone()).item()
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 300.0])
+def test_stochastic_round_bf16_is_unbiased_and_reproducible(scale):
+    n = 1 << 16
+    v = (torch.rand(()) + 0.5) * scale  # one value, rounded n times with fresh bits
+    values = torch.full((n,), v.item(), dtype=torch.float32)
+    bits = rng.random_bits(torch.tensor(99), n, torch.device("cpu"), rng.STREAM_PARAM)
+    rounded = rng.stochastic_round(values, torch.bfloat16, bits)
+    assert rounded.dtype == torch.bfloat16
+    lo = values[0].to(torch.bfloat16)  # nearest; the two neighbours bracket v
+    ulp = torch.finfo(torch.bfloat16).eps * 2.0 ** torch.floor(torch.log2(v)).item()
+    mean = rounded.double().mean().item()
+    se = ulp / 2 / n**0.5
+    assert abs(mean - v.item()) < 5 * se + 1e-12
+    assert set(rounded.double().unique().tolist()) <= {
+        lo.double().item(),
+        lo.double().item() + ulp,
+        lo.double().item() - ulp,
+    }
+    again = rng.stochastic_round(values, torch.bfloat16, bits)
+    assert torch.equal(again, rounded)
+
+
+def test_stochastic_round_keeps_representable_and_signed_values():
+    x = torch.randn(1000).to(torch.bfloat16).float()  # exactly representable
+    bits = rng.random_bits(torch.tensor(5), 1000, torch.device("cpu"), 1)
+    assert torch.equal(rng.stochastic_round(x, torch.bfloat16, bits).float(), x)
+    y = -torch.rand(1000) - 0.1
+    r = rng.stochastic_round(y, torch.bfloat16, bits).float()
+    assert (r < 0).all() and ((r - y).abs() <= y.abs() * 2**-7).all()

@@ -175,8 +175,13 @@ class SignifiedOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{cls.__name__} got multiple values for argument {name!r}")
             hyper[name] = value
         transform_keys = set()
+        explicit = set(names[: len(args)]) | set(kwargs)
         for t in cls.options.middle():
             transform_keys |= set(t.hyper_defaults)
+            # A stepsize oracle makes lr a multiplier of its estimate, 1.0 unless given.
+            lr_default = getattr(t, "lr_default", None)
+            if lr_default is not None and "lr" in hyper and "lr" not in explicit:
+                hyper["lr"] = lr_default
         transform_keys |= {"scale_beta"}
         for name, value in kwargs.items():
             if name not in cls._base_params and name not in transform_keys:
@@ -219,8 +224,25 @@ class SignifiedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+            self.set_loss(loss)
         self._executor.step()
         return loss
+
+    def set_loss(self, loss: Any) -> None:
+        """Give loss-aware transforms the loss at the current parameters (a tensor or a
+        float; nothing is synchronised). ALIAS option II reads it once, at the first step;
+        ``step(closure)`` calls this with the closure's loss."""
+        self.last_loss = loss.detach() if isinstance(loss, Tensor) else loss
+
+    def stepsizes(self) -> list[Tensor]:
+        """The step each param group took in its last step, as device tensors (reading them
+        synchronises, calling this does not): a stepsize oracle's ``gamma * lr`` (per tensor
+        under ``scope="tensor"``), else the group's ``lr``."""
+        for t in self._chain:
+            fn = getattr(t, "stepsizes", None)
+            if fn is not None:
+                return fn(self)  # type: ignore[no-any-return]
+        return [torch.as_tensor(g["lr"], dtype=torch.float32) for g in self.param_groups]
 
     # ---------------------------------------------------------------- introspection
     @property
@@ -355,6 +377,8 @@ class SignifiedOptimizer(torch.optim.Optimizer):
         for i, p in zip(ids, params):
             for key, value in state_dict["state"].get(i, {}).items():
                 if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    if value.dtype == torch.uint8 and value.shape == ((p.numel() + 7) // 8,):
+                        continue  # packed signs, 1 bit per element (alias-lowmem)
                     raise ValueError(
                         f"state {key!r} of parameter {i} has shape {tuple(value.shape)}, "
                         f"the parameter {tuple(p.shape)}"

@@ -1,0 +1,335 @@
+"""Stepsize oracles: transforms that choose the step size ``gamma`` of the sign step.
+
+A stepsize transform sits after the direction (sign, vote) and before the parameter write. It
+scales the step: ``x <- x - gamma * lr * (direction + decay * x)``. With an oracle the group's
+``lr`` is a *multiplier* of ``gamma``, and it defaults to 1.0 (the transform's ``lr_default``),
+so ``signify(torch.optim.SGD, stepsize="alias")(params)`` needs no learning rate; an LR
+scheduler still multiplies it.
+
+``make_stepsize(spec)`` builds one from the ``stepsize=`` keyword of `signify`:
+
+=================  ==========================================================================
+``"alias"``        `Alias`: ALIAS (Medyakov et al., arXiv 2506.03725), option I by default
+``"alias-lowmem"`` `AliasLowMem`: the memory-efficient ALIAS (1 bit of state per parameter)
+``"alias-adam"``   `AliasAdam`: the distance estimate of the ALIAS Adam version
+``"constant"``     `ConstantStepsize`: ``gamma = 1`` (the null transform: ``lr`` is the step)
+a transform        any `StepsizeOracle` instance, used as given
+=================  ==========================================================================
+
+How an oracle runs inside a step (no host synchronisation; see `signify.executor`):
+
+1. ``before_step`` (host): zero the accumulators, grow the per-slot scalars if groups or
+   parameters were added;
+2. ``prepare`` (the prepass, eager or compiled per chunk): per-tensor reductions (an l1 norm,
+   a dot product, an extremum) summed or maxed into ``acc_sum`` / ``acc_max``, 0-d device
+   tensors indexed by *slot*;
+3. ``finalize`` (host code on device scalars): all-reduce the accumulators across ranks if a
+   process group is up, then turn them into ``gamma`` per slot, leaving every scalar unchanged
+   on a step skipped for non-finite gradients;
+4. ``update`` (the elementwise pass): ``lr <- gamma[slot] * lr``, and record what the next step
+   needs (the previous gradient or its sign, the size of this step).
+
+The *scope* decides what shares one estimate (a slot): ``"global"`` (one for the optimizer, the
+paper's), ``"group"`` (one per param group: per-network learning rates, which Prodigy and
+D-Adaptation users ask for) or ``"tensor"`` (one per parameter tensor).
+
+Logging: ``opt.stepsizes()`` returns the step each group took in the last step (``gamma * lr``)
+as device tensors; nothing is synchronised until you read them. The raw per-slot ``gamma`` is
+``opt.shared_state(device)[name]["gamma"]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .base import State, StepContext, Transform, Update
+
+if TYPE_CHECKING:
+    from ..optimizer import SignifiedOptimizer
+
+SCOPES = ("global", "group", "tensor")
+REDUCTIONS = ("auto", "mean", "sum", "none")
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, strict: bool = False) -> float:
+    """A real, finite number (>= ``low``, or > ``low`` when ``strict``), else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    if low is not None and (x <= low if strict else x < low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {x}")
+    return x
+
+
+class StepsizeOracle(Transform):
+    """Base class of stepsize transforms: scope, slots, accumulators, all-reduce, logging.
+
+    Subclasses list their accumulator rows (``sum_rows``: summed over tensors and ranks;
+    ``max_rows``: maxed) and per-slot scalars (``slot_init``), and implement `prepare`,
+    `compute` (the scalar math of one step, over slots) and `update`.
+    """
+
+    reads = frozenset({"direction", "lr", "decay", "step_scale"})
+    writes = frozenset({"lr", "step_scale"})
+    #: the group ``lr`` when the user gives none: with an oracle, ``lr`` is a multiplier.
+    lr_default: ClassVar[float | None] = 1.0
+    sum_rows: ClassVar[tuple[str, ...]] = ()
+    max_rows: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, scope: str = "global", reduce: str = "auto", process_group: Any = None):
+        if not isinstance(scope, str) or scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        if not isinstance(reduce, str) or reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        self.scope = scope
+        self.reduce = reduce
+        self.process_group = process_group
+        self._positions: dict[int, int] = {}
+        self._opt: SignifiedOptimizer | None = None
+        self._finalize_fn: Callable[..., None] | None = None
+
+    # ---- per-slot scalars --------------------------------------------------------------
+    def slot_init(self) -> dict[str, float]:
+        """Per-slot scalars and their initial values (``gamma`` must be one of them)."""
+        return {"gamma": 1.0}
+
+    def n_slots(self, opt: SignifiedOptimizer) -> int:
+        if self.scope == "global":
+            return 1
+        if self.scope == "group":
+            return len(opt.param_groups)
+        return len(opt.all_params())
+
+    def shared_state(self, device: torch.device) -> dict[str, Any]:
+        return self._fresh_slots(1, device)
+
+    def _fresh_slots(self, n: int, device: torch.device) -> dict[str, Tensor]:
+        out = {
+            "acc_sum": torch.zeros(max(len(self.sum_rows), 1), n, device=device),
+            "acc_max": torch.zeros(max(len(self.max_rows), 1), n, device=device),
+        }
+        for k, v in self.slot_init().items():
+            out[k] = torch.full((n,), v, dtype=torch.float32, device=device)
+        return out
+
+    def _slots(self, opt: SignifiedOptimizer, device: torch.device) -> dict[str, Tensor]:
+        """This oracle's shared dict, grown to the current number of slots."""
+        shared = opt.shared_state(device)
+        mine = shared.setdefault(self.name, {})
+        n = self.n_slots(opt)
+        have = mine["gamma"].numel() if "gamma" in mine else 0
+        if have < n:
+            fresh = self._fresh_slots(n, device)
+            for k, v in fresh.items():
+                old = mine.get(k)
+                if old is not None and old.numel() > 0:
+                    v[..., : old.shape[-1]] = old.to(device)
+                mine[k] = v
+        return mine
+
+    # ---- hooks -------------------------------------------------------------------------
+    def bind(self, opt: SignifiedOptimizer) -> None:
+        self._opt = opt
+
+    def plan(self, params: Sequence[Tensor], group_index: int) -> State:
+        """``slots``: the slot of each tensor (one entry when the whole chunk shares one)."""
+        if not params:
+            return {}
+        device = params[0].device
+        if self.scope == "tensor":
+            assert self._opt is not None
+            position = {id(p): i for i, p in enumerate(self._opt.all_params())}
+            idx = [position[id(p)] for p in params]
+        else:
+            idx = [0 if self.scope == "global" else group_index]
+        return {"slots": [torch.tensor(idx, dtype=torch.int64, device=device)]}
+
+    def before_step(self, opt: SignifiedOptimizer, active: list[list[Tensor]]) -> None:
+        device = next(p for ps in active for p in ps).device
+        mine = self._slots(opt, device)
+        mine["acc_sum"].zero_()
+        mine["acc_max"].zero_()
+
+    def finalize(self, opt: SignifiedOptimizer) -> None:
+        mine = opt._shared[self.name]
+        self.all_reduce(mine)
+        ok = opt._executor.ok
+        fn = self._finalize_fn
+        if fn is None:
+            fn = self.compute
+            if opt._executor.compile:
+                fn = torch.compile(fn, fullgraph=True, dynamic=False)
+            self._finalize_fn = fn
+        scalars = {k: v for k, v in mine.items() if isinstance(v, Tensor)}
+        fn(scalars, ok)
+
+    def compute(self, s: dict[str, Tensor], ok: Tensor | None) -> None:
+        """The scalar math of one step, in place on the per-slot tensors ``s``."""
+
+    # ---- prepass helpers ---------------------------------------------------------------
+    def accumulate(
+        self, ctx: StepContext, state: State, sums: list[Tensor], maxes: list[Tensor]
+    ) -> None:
+        """Add per-tensor values into the slots: ``sums[r][i]`` is row ``r`` of tensor ``i``
+        (0-d tensors); rows of ``maxes`` must be >= 0."""
+        mine = ctx.shared[self.name]
+        slots = state["slots"][0]
+        for rows, buf, op in ((sums, "acc_sum", "sum"), (maxes, "acc_max", "max")):
+            if not rows:
+                continue
+            acc = mine[buf]
+            vals = torch.stack([torch.stack(list(r)).to(acc.dtype) for r in rows])  # [rows, k]
+            if self.scope != "tensor":  # the chunk shares one slot: reduce it first
+                vals = vals.sum(1, keepdim=True) if op == "sum" else vals.amax(1, keepdim=True)
+            cur = acc[:, slots]
+            acc[:, slots] = cur + vals if op == "sum" else torch.maximum(cur, vals)
+
+    def gamma_of(self, ctx: StepContext, state: State, n: int) -> list[Tensor]:
+        """This step's ``gamma`` for each of the chunk's ``n`` tensors (0-d tensors)."""
+        g = ctx.shared[self.name]["gamma"][state["slots"][0]]
+        if self.scope == "tensor":
+            return [g[i] for i in range(n)]
+        return [g[0]] * n
+
+    def scale_lr(self, u: Update, gammas: list[Tensor]) -> list[Tensor]:
+        """Multiply the step by ``gamma``; returns the effective step of each tensor."""
+        if self.scope == "tensor":
+            base = u.step_scale
+            u.step_scale = [
+                gm if base is None else gm * base[i] for i, gm in enumerate(gammas)
+            ]
+            return [u.lr * s for s in u.step_scale]
+        u.lr = u.lr * gammas[0]
+        if u.step_scale is None:
+            return [u.lr] * len(gammas)
+        return [u.lr * s for s in u.step_scale]
+
+    # ---- distributed -------------------------------------------------------------------
+    def reduce_mode(self) -> str:
+        if self.reduce == "none":
+            return "none"
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            if self.reduce in ("mean", "sum") and self.process_group is not None:
+                raise RuntimeError("a process_group was given but torch.distributed is not up")
+            return "none"
+        if torch.distributed.get_world_size(self.process_group) == 1:
+            return "none"
+        return "mean" if self.reduce == "auto" else self.reduce
+
+    def all_reduce(self, mine: dict[str, Tensor]) -> None:
+        """Make every rank see the same accumulators: one all-gather of the few floats, then
+        sums (averaged in ``"mean"`` mode) and maxima."""
+        mode = self.reduce_mode()
+        if mode == "none":
+            return
+        import torch.distributed as dist
+
+        acc_sum, acc_max = mine["acc_sum"], mine["acc_max"]
+        flat = torch.cat([acc_sum.reshape(-1), acc_max.reshape(-1)])
+        world = dist.get_world_size(self.process_group)
+        out = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
+        dist.all_gather_into_tensor(out, flat, group=self.process_group)
+        out = out.view(world, -1)
+        k = acc_sum.numel()
+        sums = out[:, :k].sum(0)
+        if mode == "mean":
+            sums = sums / world
+        acc_sum.copy_(sums.view_as(acc_sum))
+        acc_max.copy_(out[:, k:].amax(0).view_as(acc_max))
+
+    def mean_over_ranks(self, x: Tensor) -> Tensor:
+        """``x`` averaged over ranks (for the loss at ``x_0``); unchanged without a group."""
+        if self.reduce_mode() == "none":
+            return x
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x, group=self.process_group)
+        return x / dist.get_world_size(self.process_group)
+
+    # ---- logging -----------------------------------------------------------------------
+    def stepsizes(self, opt: SignifiedOptimizer) -> list[Tensor]:
+        """Per group, the step of the last step: ``gamma * lr`` (a 0-d tensor, or a 1-D tensor
+        over the group's parameters for ``scope="tensor"``). Reading them syncs; calling
+        this does not."""
+        mine = opt._shared.get(self.name)
+        out: list[Tensor] = []
+        if mine is None or "gamma" not in mine:
+            return [torch.tensor(float("nan")) for _ in opt.param_groups]
+        gamma = mine["gamma"]
+        pos = 0
+        for gi, group in enumerate(opt.param_groups):
+            lr = group["lr"]
+            n = len(group["params"])
+            if self.scope == "tensor":
+                g = gamma[pos : pos + n]
+            else:
+                g = gamma[0 if self.scope == "global" else gi]
+            out.append(g * lr)
+            pos += n
+        return out
+
+    def extra_repr(self) -> str:
+        return f"scope={self.scope!r}"
+
+
+class ConstantStepsize(StepsizeOracle):
+    """``gamma = 1``: the group's ``lr`` is the step, as without an oracle (the null
+    transform, for ablations). ``lr`` keeps the base's default."""
+
+    name = "constant_stepsize"
+    lr_default = None
+    reads = frozenset()
+    writes = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__("global", "none")
+
+    def shared_state(self, device: torch.device) -> dict[str, Any]:
+        return {}
+
+    def plan(self, params: Sequence[Tensor], group_index: int) -> State:
+        return {}
+
+    def before_step(self, opt: SignifiedOptimizer, active: list[list[Tensor]]) -> None:
+        pass
+
+    def finalize(self, opt: SignifiedOptimizer) -> None:
+        pass
+
+    def stepsizes(self, opt: SignifiedOptimizer) -> list[Tensor]:
+        return [torch.as_tensor(g["lr"], dtype=torch.float32) for g in opt.param_groups]
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+def make_stepsize(spec: Any) -> Transform:
+    """The transform for ``signify(..., stepsize=spec)``: a name or a `StepsizeOracle`."""
+    from .stepsize_alias import Alias, AliasLowMem
+    from .stepsize_alias_adam import AliasAdam
+
+    if isinstance(spec, StepsizeOracle):
+        return spec
+    if isinstance(spec, Transform):
+        raise TypeError(
+            f"stepsize must be a name or a StepsizeOracle, got the transform {type(spec).__name__}"
+        )
+    if not isinstance(spec, str):
+        raise TypeError(f"stepsize must be a name or a StepsizeOracle, got {spec!r}")
+    makers: dict[str, Callable[[], Transform]] = {
+        "alias": Alias,
+        "alias-lowmem": AliasLowMem,
+        "alias-adam": AliasAdam,
+        "constant": ConstantStepsize,
+    }
+    if spec not in makers:
+        raise ValueError(f"stepsize must be one of {sorted(makers)} or a transform, got {spec!r}")
+    return makers[spec]()

@@ -47,12 +47,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from .. import rng
 from .base import State, StepContext, Transform, Update
 
 if TYPE_CHECKING:
     from ..optimizer import SignifiedOptimizer
 
 SCOPES = ("global", "group", "tensor")
+_SCALAR = rng.stream_constant("stepsize.scalar")
 REDUCTIONS = ("auto", "mean", "sum", "none")
 
 
@@ -256,25 +258,42 @@ class StepsizeOracle(Transform):
 
     # ---- logging -----------------------------------------------------------------------
     def stepsizes(self, opt: SignifiedOptimizer) -> list[Tensor]:
-        """Per group, the step of the last step: ``gamma * lr`` (a 0-d tensor, or a 1-D tensor
-        over the group's parameters for ``scope="tensor"``). Reading them syncs; calling
-        this does not."""
-        mine = opt._shared.get(self.name)
+        """Per group, the step taken in the last step, ``gamma * lr`` (times the base's own
+        per-tensor factor, if any): a 0-d tensor, or a 1-D tensor over the group's
+        parameters for ``scope="tensor"``. Nothing is synchronised until they are read."""
+        key = self.state_prefix + "s_prev"
+        mine = opt._shared.get(self.name, {})
         out: list[Tensor] = []
-        if mine is None or "gamma" not in mine:
-            return [torch.tensor(float("nan")) for _ in opt.param_groups]
-        gamma = mine["gamma"]
         pos = 0
         for gi, group in enumerate(opt.param_groups):
-            lr = group["lr"]
-            n = len(group["params"])
-            if self.scope == "tensor":
-                g = gamma[pos : pos + n]
+            ps = group["params"]
+            taken = [opt.state[p][key] for p in ps if key in opt.state.get(p, {})]
+            if self.scope == "tensor" and len(taken) == len(ps) and taken:
+                out.append(torch.stack([t.reshape(()) for t in taken]))
+            elif self.scope != "tensor" and taken:
+                out.append(taken[0].reshape(()))
+            elif "gamma" in mine:  # before the first step: the estimate times lr
+                slot = slice(pos, pos + len(ps)) if self.scope == "tensor" else (
+                    0 if self.scope == "global" else gi
+                )
+                out.append(mine["gamma"][slot] * group["lr"])
             else:
-                g = gamma[0 if self.scope == "global" else gi]
-            out.append(g * lr)
-            pos += n
+                out.append(torch.tensor(float("nan")))
+            pos += len(ps)
         return out
+
+    def record_step(self, ctx: StepContext, state: State, eff: list[Tensor]) -> None:
+        """Keep each tensor's applied step (for `stepsizes` and option I's ``d~``)."""
+        for i, e in enumerate(eff):
+            ctx.write(i, state["s_prev"][i], e, _SCALAR)
+
+    def after_load(self, opt: SignifiedOptimizer) -> None:
+        # torch's load_state_dict casts state to the parameter's dtype: packed bits back
+        key = self.state_prefix + "bits"
+        for st in opt.state.values():
+            bits = st.get(key)
+            if isinstance(bits, Tensor) and bits.dtype != torch.uint8:
+                st[key] = bits.to(torch.uint8)
 
     def extra_repr(self) -> str:
         return f"scope={self.scope!r}"

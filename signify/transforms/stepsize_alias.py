@@ -233,8 +233,8 @@ class Alias(_AliasBase):
             move = d if u.decay is None else d + u.decay * up(p)
             dx = eff[i] * move.abs().amax() if p.numel() > 0 else eff[i] * 0
             ctx.write(i, state["dx"][i], dx, _SCALAR)
-            ctx.write(i, state["s_prev"][i], eff[i], _SCALAR)
             ctx.write(i, state["g_prev"][i], up(u.grads[i]), _GPREV)
+        self.record_step(ctx, state, eff)
         return u, state
 
 
@@ -317,8 +317,8 @@ class AliasLowMem(_AliasBase):
         for i, (p, d) in enumerate(zip(u.params, direction)):
             move = d if u.decay is None else d + u.decay * up(p)
             ctx.write(i, state["dx"][i], eff[i] * move.abs().sum(), _SCALAR)
-            ctx.write(i, state["s_prev"][i], eff[i], _SCALAR)
             ctx.write(i, state["gmax"][i], state["cur"][i][0], _SCALAR)
             ctx.write(i, state["gmin"][i], state["cur"][i][1], _SCALAR)
             ctx.write(i, state["bits"][i], pack_signs(u.grads[i]), _SCALAR)
+        self.record_step(ctx, state, eff)
         return u, state

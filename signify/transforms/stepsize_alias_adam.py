@@ -53,7 +53,8 @@ class AliasAdam(StepsizeOracle):
         scope: ``"tensor"`` (default, as coded), ``"group"`` or ``"global"``.
         reduce: across ranks, as for `Alias`.
 
-    State: ``alias_adam.bits`` (packed ``sign(g_prev)``), ``alias_adam.n``; per slot ``r``,
+    State: ``alias_adam.bits`` (packed ``sign(g_prev)``), ``alias_adam.n``, the last step
+    ``alias_adam.s_prev``; per slot ``r``,
     ``d`` and ``gamma`` (= ``d``) in shared state.
     """
 
@@ -87,6 +88,7 @@ class AliasAdam(StepsizeOracle):
                 for p in params
             ],
             "n": [torch.zeros((), dtype=torch.float32, device=p.device) for p in params],
+            "s_prev": [torch.zeros((), dtype=torch.float32, device=p.device) for p in params],
         }
 
     def prepare(self, u: Update, state: State, ctx: StepContext) -> None:
@@ -106,9 +108,10 @@ class AliasAdam(StepsizeOracle):
 
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         _check_direction(u, "AliasAdam")
-        self.scale_lr(u, self.gamma_of(ctx, state, len(u.params)))
+        eff = self.scale_lr(u, self.gamma_of(ctx, state, len(u.params)))
         for i, g in enumerate(u.grads):
             ctx.write(i, state["bits"][i], pack_signs(g), _SCALAR)
+        self.record_step(ctx, state, eff)
         return u, state
 
     def extra_repr(self) -> str:

@@ -74,7 +74,11 @@ def run_problem(problem: convex.Problem) -> dict:
 
     res = sos.sos([x], closure, STEPS)
     sos_hist = convex.sign_descent_grid(problem, [res.gamma], STEPS, history=True)[:, 0]
-    out["SOS"], out["sos_gamma"], out["sos_probes"] = float(sos_hist[-1]), res.gamma, len(res.probes)
+    out["SOS"], out["sos_gamma"], out["sos_probes"] = (
+        float(sos_hist[-1]),
+        res.gamma,
+        len(res.probes),
+    )
     out["curves"][f"SOS ({res.gamma:.1e}, {len(res.probes)} probes)"] = (sos_hist.numpy(), None)
     # with momentum 0.9: ALIAS(beta) against grid-tuned Signum
     sg = convex.sign_descent_grid(problem, GRID, STEPS, momentum=0.9, history=True).numpy()

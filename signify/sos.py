@@ -59,9 +59,7 @@ class SOSResult:
 def _grads(params: list[Tensor], closure: Callable[[], Any]) -> tuple[float, list[Tensor]]:
     with torch.enable_grad():
         loss = closure()
-    grads = [
-        torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params
-    ]
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
     return float(loss), grads
 
 
@@ -70,7 +68,7 @@ def probe(params: list[Tensor], closure: Callable[[], Any], gamma: float, steps:
     """Run ``steps`` of ``x -= gamma sign(g)`` from the current parameters (they are left at
     ``x_T``) and measure ``phi(gamma)``."""
     _, g = _grads(params, closure)
-    num, lmax, loss = 0.0, 0.0, math.nan
+    num, lmax, loss = 0.0, 0.0, float("nan")
     for _ in range(steps):
         signs = [torch.sign(x) for x in g]
         moved = any(bool(s.any()) for s in signs)
@@ -112,9 +110,9 @@ def sos(
             run), instead of at ``x_0``.
     """
     params = list(params)
-    for name, v in (("steps", steps), ("budget", budget)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    for name, n in (("steps", steps), ("budget", budget)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive int, got {n!r}")
     for name, v in (("gamma_lo", gamma_lo), ("gamma_hi", gamma_hi), ("rtol", rtol)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
             raise ValueError(f"{name} must be a positive finite number, got {v!r}")

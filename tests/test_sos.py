@@ -39,7 +39,7 @@ def test_sos_finds_a_good_constant_step():
     assert torch.equal(x.detach(), problem.x0())  # restored
     assert res.evaluations == len(res.probes) * (steps + 1)
     lo, hi = res.bracket
-    assert lo == res.gamma and hi / lo < 1.05 or len(res.probes) == 12
+    assert (lo == res.gamma and hi / lo < 1.05) or len(res.probes) == 12
     # bisection invariants: accepted probes are <= gamma, rejected ones above it
     for p in res.probes:
         assert (p.gamma <= res.gamma) == p.accepted

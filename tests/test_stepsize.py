@@ -331,6 +331,21 @@ def test_lowmem_state_is_one_bit_and_loads():
     assert torch.equal(opt2.state[params[0]]["alias_lowmem.bits"], st["alias_lowmem.bits"])
 
 
+@pytest.mark.parametrize("cls", [Alias, AliasLowMem])
+def test_move_unit_equals_measure_for_a_sign_direction(cls):
+    pb = Problem()
+    a, b = pb.params(), pb.params()
+    oa = sgd(stepsize=cls())(a, momentum=0.9)
+    ob = sgd(stepsize=cls(move="unit"))(b, momentum=0.9)
+    for _ in range(10):
+        feed(pb, a, oa)
+        oa.step()
+        feed(pb, b, ob)
+        ob.step()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
 def test_new_param_group_gets_its_own_slot():
     a, b = torch.randn(4, requires_grad=True), torch.randn(3, requires_grad=True)
     opt = sgd(stepsize=Alias(scope="group"))([a])
@@ -358,6 +373,8 @@ def test_bad_inputs():
         Alias(scope="layer")
     with pytest.raises(ValueError, match="reduce"):
         Alias(reduce="max")
+    with pytest.raises(ValueError, match="move"):
+        Alias(move="guess")
     with pytest.raises(ValueError, match="d_0"):
         Alias(d_0=0.0)
     with pytest.raises(ValueError, match="eta_0"):

@@ -12,10 +12,8 @@ equal to a single-process simulation of the all-reduced scalars.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -46,7 +44,7 @@ def _worker(rank, path, seeds):
         pb.x0 = Problem(seed=seeds[0]).x0
         ps = pb.params()
         opt = signify.signify(torch.optim.SGD, stepsize=Alias(f_lower=0.0))(ps)
-        gam, xs = [], []
+        gam = []
         for _ in range(STEPS):
             opt.set_loss(_set_grads(pb, ps))
             opt.step()
@@ -120,9 +118,7 @@ def test_alias_all_reduce_matches_single_process_simulation(tmp_path):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 def test_reduce_mode_without_a_process_group():
     assert not dist.is_initialized()
     assert Alias().reduce_mode() == "none"
     assert Alias(reduce="sum").reduce_mode() == "none"
-    os.environ.pop("SIGNIFY_NONE", None)

@@ -177,7 +177,11 @@ class StepsizeOracle(Transform):
 
     # ---- prepass helpers ---------------------------------------------------------------
     def accumulate(
-        self, ctx: StepContext, state: State, sums: list[Tensor], maxes: list[Tensor]
+        self,
+        ctx: StepContext,
+        state: State,
+        sums: list[list[Tensor]],
+        maxes: list[list[Tensor]],
     ) -> None:
         """Add per-tensor values into the slots: ``sums[r][i]`` is row ``r`` of tensor ``i``
         (0-d tensors); rows of ``maxes`` must be >= 0."""
@@ -204,9 +208,7 @@ class StepsizeOracle(Transform):
         """Multiply the step by ``gamma``; returns the effective step of each tensor."""
         if self.scope == "tensor":
             base = u.step_scale
-            u.step_scale = [
-                gm if base is None else gm * base[i] for i, gm in enumerate(gammas)
-            ]
+            u.step_scale = [gm if base is None else gm * base[i] for i, gm in enumerate(gammas)]
             return [u.lr * s for s in u.step_scale]
         u.lr = u.lr * gammas[0]
         if u.step_scale is None:
@@ -273,8 +275,10 @@ class StepsizeOracle(Transform):
             elif self.scope != "tensor" and taken:
                 out.append(taken[0].reshape(()))
             elif "gamma" in mine:  # before the first step: the estimate times lr
-                slot = slice(pos, pos + len(ps)) if self.scope == "tensor" else (
-                    0 if self.scope == "global" else gi
+                slot = (
+                    slice(pos, pos + len(ps))
+                    if self.scope == "tensor"
+                    else (0 if self.scope == "global" else gi)
                 )
                 out.append(mine["gamma"][slot] * group["lr"])
             else:

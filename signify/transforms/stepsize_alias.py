@@ -99,15 +99,21 @@ class _AliasBase(StepsizeOracle):
         f_lower: float | None = None,
         f0: float | None = None,
         scope: str = "global",
+        move: str = "measure",
         reduce: str = "auto",
         process_group: Any = None,
     ) -> None:
         super().__init__(scope, reduce, process_group)
+        if move not in ("measure", "unit"):
+            raise ValueError(f"move must be 'measure' or 'unit', got {move!r}")
+        self.move = move
         self.d_0 = check_number("d_0", d_0, low=0.0, strict=True)
         self.eta_0 = check_number("eta_0", eta_0, low=0.0)
         self.gamma_0 = check_number("gamma_0", gamma_0, low=0.0, strict=True)
         self.gamma_max = (
-            None if gamma_max is None else check_number("gamma_max", gamma_max, low=0.0, strict=True)
+            None
+            if gamma_max is None
+            else check_number("gamma_max", gamma_max, low=0.0, strict=True)
         )
         self.f_lower = None if f_lower is None else check_number("f_lower", f_lower)
         if f0 is not None and f_lower is None:
@@ -186,6 +192,10 @@ class Alias(_AliasBase):
             LLM script); ``None`` (default) for none.
         f_lower, f0: option II's lower bound and (optionally) the loss at ``x_0``.
         scope: ``"global"`` (the paper's), ``"group"`` or ``"tensor"``.
+        move: how the size of a step is known: ``"measure"`` (default) reduces
+            ``max |d + decay x|`` in the update pass, exact for any direction; ``"unit"``
+            takes ``max |d| = 1`` when there is no decay (exact for a sign direction unless
+            a whole tensor's direction is 0), which spares the update pass a reduction.
         reduce: across ranks, ``"mean"`` (data parallel, replicated parameters; the default
             when a process group is up), ``"sum"`` (each rank holds a shard of the
             parameters), ``"none"``.
@@ -229,9 +239,13 @@ class Alias(_AliasBase):
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         direction = _check_direction(u, "Alias")
         eff = self.scale_lr(u, self.gamma_of(ctx, state, len(u.params)))
+        unit = self.move == "unit" and u.decay is None
         for i, (p, d) in enumerate(zip(u.params, direction)):
             move = d if u.decay is None else d + u.decay * up(p)
-            dx = eff[i] * move.abs().amax() if p.numel() > 0 else eff[i] * 0
+            if unit:
+                dx = eff[i]
+            else:
+                dx = eff[i] * move.abs().amax() if p.numel() > 0 else eff[i] * 0
             ctx.write(i, state["dx"][i], dx, _SCALAR)
             ctx.write(i, state["g_prev"][i], up(u.grads[i]), _GPREV)
         self.record_step(ctx, state, eff)
@@ -247,7 +261,8 @@ class AliasLowMem(_AliasBase):
         B_t = max(max g_t - min g_{t-1}, max g_{t-1} - min g_t) >= ||g_t - g_{t-1}||_inf
 
     (max/min over the slot's tensors). ``||x_t - x_{t-1}||_1`` is measured when the step is
-    applied. Option I's ``<g_t, sign(g_{t-1})>`` reads the stored bits; one bit cannot hold
+    applied (``move="unit"``: ``gamma * lr * numel``, every entry moving). Option I's
+    ``<g_t, sign(g_{t-1})>`` reads the stored bits; one bit cannot hold
     ``sign(0) = 0``, so a zero gradient entry is stored as negative.
 
     Arguments as `Alias`. State: ``alias_lowmem.bits`` (uint8, ``ceil(n/8)``), per tensor
@@ -314,9 +329,11 @@ class AliasLowMem(_AliasBase):
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         direction = _check_direction(u, "AliasLowMem")
         eff = self.scale_lr(u, self.gamma_of(ctx, state, len(u.params)))
+        unit = self.move == "unit" and u.decay is None
         for i, (p, d) in enumerate(zip(u.params, direction)):
             move = d if u.decay is None else d + u.decay * up(p)
-            ctx.write(i, state["dx"][i], eff[i] * move.abs().sum(), _SCALAR)
+            dx1 = eff[i] * p.numel() if unit else eff[i] * move.abs().sum()
+            ctx.write(i, state["dx"][i], dx1, _SCALAR)
             ctx.write(i, state["gmax"][i], state["cur"][i][0], _SCALAR)
             ctx.write(i, state["gmin"][i], state["cur"][i][1], _SCALAR)
             ctx.write(i, state["bits"][i], pack_signs(u.grads[i]), _SCALAR)

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .base import State, StepContext, Update, up
 from .stepsize import StepsizeOracle, check_number
-from .stepsize_alias import _SCALAR, _check_direction, packed_size, pack_signs, unpack_signs
+from .stepsize_alias import _SCALAR, _check_direction, pack_signs, packed_size, unpack_signs
 
 
 class AliasAdam(StepsizeOracle):

@@ -4,7 +4,7 @@ SignAdam = signify(torch.optim.Adam, stochastic=True)
 opt = SignAdam(model.parameters(), lr=1e-4)
 """
 
-from . import adapters, rng, transforms
+from . import adapters, rng, sos, transforms
 from .optimizer import SignifiedOptimizer, signify
 from .presets import SignAdamax, Signum, StoSignSGD
 
@@ -18,5 +18,6 @@ __all__ = [
     "adapters",
     "rng",
     "signify",
+    "sos",
     "transforms",
 ]

@@ -242,6 +242,18 @@ def test_option_two_needs_the_loss_and_takes_it_from_set_loss():
     )
 
 
+def test_nonfinite_first_loss_never_reaches_the_parameters():
+    x = torch.randn(5, requires_grad=True)
+    opt = sgd(stepsize=Alias(f_lower=0.0))([x])
+    for t in range(4):
+        x.grad = torch.randn(5)
+        opt.set_loss(torch.tensor(float("inf")) if t == 0 else torch.tensor(2.0))
+        opt.step()
+        assert torch.isfinite(x).all()
+    assert opt.shared_state(torch.device("cpu"))["alias"]["f0"].item() == 2.0
+    assert torch.isfinite(opt.stepsizes()[0])
+
+
 @pytest.mark.parametrize("spec", ["alias", "alias-lowmem", "alias-adam"])
 def test_skipped_step_leaves_scalars_and_resume_is_exact(spec):
     torch.manual_seed(0)
@@ -344,6 +356,31 @@ def test_move_unit_equals_measure_for_a_sign_direction(cls):
         ob.step()
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_one_instance_serves_several_optimizers_and_deepcopies():
+    cls = sgd(stepsize=Alias(scope="tensor"))
+    pb = Problem()
+    a, b = pb.params(), pb.params()[:2]
+    oa, ob = cls(a), cls(b)
+    for _ in range(3):
+        feed(pb, a, oa)
+        oa.step()
+        for p, q in zip(b, a):
+            p.grad = q.grad.clone()
+        ob.step()
+    assert oa.chain[-2] is not ob.chain[-2]
+    assert len(oa.stepsizes()[0]) == 3 and len(ob.stepsizes()[0]) == 2
+    oc = copy.deepcopy(oa)
+    c = oc.param_groups[0]["params"]
+    assert oc.chain[-2]._opt is oc
+    feed(pb, a, oa)
+    for p, q in zip(c, a):
+        p.grad = q.grad.clone()
+    oa.step()
+    oc.step()
+    for p, q in zip(c, a):
+        assert torch.equal(p, q)
 
 
 def test_new_param_group_gets_its_own_slot():

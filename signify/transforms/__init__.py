@@ -4,10 +4,17 @@ from .apply import ApplyUpdate
 from .base import State, StepContext, Transform, Update
 from .scale import RunningMaxScale
 from .sign import ExpectedSign, NoSign, Sign, StochasticSign
+from .stepsize import ConstantStepsize, StepsizeOracle
+from .stepsize_alias import Alias, AliasLowMem
+from .stepsize_alias_adam import AliasAdam
 from .weight_decay import DecoupledWeightDecay
 
 __all__ = [
+    "Alias",
+    "AliasAdam",
+    "AliasLowMem",
     "ApplyUpdate",
+    "ConstantStepsize",
     "DecoupledWeightDecay",
     "ExpectedSign",
     "NoSign",
@@ -15,6 +22,7 @@ __all__ = [
     "Sign",
     "State",
     "StepContext",
+    "StepsizeOracle",
     "StochasticSign",
     "Transform",
     "Update",

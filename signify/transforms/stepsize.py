@@ -40,6 +40,7 @@ as device tensors; nothing is synchronised until you read them. The raw per-slot
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -93,9 +94,20 @@ class StepsizeOracle(Transform):
         self.scope = scope
         self.reduce = reduce
         self.process_group = process_group
-        self._positions: dict[int, int] = {}
         self._opt: SignifiedOptimizer | None = None
         self._finalize_fn: Callable[..., None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_finalize_fn"] = None  # a compiled function: rebuilt on first use
+        return state
+
+    def unbound_copy(self) -> StepsizeOracle:
+        """A copy not bound to any optimizer (the configuration is immutable)."""
+        new = copy.copy(self)
+        new._opt = None
+        new._finalize_fn = None
+        return new
 
     # ---- per-slot scalars --------------------------------------------------------------
     def slot_init(self) -> dict[str, float]:
@@ -340,7 +352,7 @@ def make_stepsize(spec: Any) -> Transform:
     from .stepsize_alias_adam import AliasAdam
 
     if isinstance(spec, StepsizeOracle):
-        return spec
+        return spec.unbound_copy()  # each optimizer binds its own
     if isinstance(spec, Transform):
         raise TypeError(
             f"stepsize must be a name or a StepsizeOracle, got the transform {type(spec).__name__}"

@@ -119,6 +119,7 @@ class _AliasBase(StepsizeOracle):
         if f0 is not None and f_lower is None:
             raise ValueError("f0 (the loss at x_0) is used by option II only: also pass f_lower")
         self.f0 = None if f0 is None else check_number("f0", f0)
+        self._seen: Any = None
 
     @property
     def option(self) -> int:
@@ -131,20 +132,30 @@ class _AliasBase(StepsizeOracle):
         super().before_step(opt, active)
         mine = opt._shared[self.name]
         mine["acc_max"].fill_(-math.inf)
-        if self.option == 2 and "f0" not in mine:
-            device = mine["gamma"].device
+        if self.option != 2:
+            return
+        loss = getattr(opt, "last_loss", None)
+        if "f0" not in mine:
             if self.f0 is not None:
-                loss: Any = self.f0
-            else:
-                loss = getattr(opt, "last_loss", None)
-                if loss is None:
-                    raise ValueError(
-                        f"{type(self).__name__} option II (f_lower={self.f_lower}) needs the loss "
-                        "at x_0: call opt.step(closure), or opt.set_loss(loss) before the first "
-                        "step, or pass f0="
-                    )
-            f0 = torch.as_tensor(loss).detach().to(device=device, dtype=torch.float32).reshape(())
-            mine["f0"] = self.mean_over_ranks(f0)
+                loss = self.f0
+            elif loss is None:
+                raise ValueError(
+                    f"{type(self).__name__} option II (f_lower={self.f_lower}) needs the loss "
+                    "at x_0: call opt.step(closure), or opt.set_loss(loss) before the first "
+                    "step, or pass f0="
+                )
+            mine["f0"] = self.mean_over_ranks(self._as_scalar(loss, mine["gamma"].device))
+            self._seen = loss
+        elif loss is not None and loss is not self._seen and self.reduce_mode() == "none":
+            # a loss of inf/nan at x_0 (fp16 overflow) is replaced by the next one given
+            # (one process only: under a process group f(x_0) is the first loss's mean)
+            self._seen = loss
+            new = self._as_scalar(loss, mine["f0"].device)
+            mine["f0"].copy_(torch.where(mine["f0"].isfinite(), mine["f0"], new))
+
+    @staticmethod
+    def _as_scalar(loss: Any, device: torch.device) -> Tensor:
+        return torch.as_tensor(loss).detach().to(device=device, dtype=torch.float32).reshape(())
 
     def numerator(self, s: dict[str, Tensor], dot: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """``d_t`` (option I; with the new ``d~`` and ``d``) or ``f(x_0) - f~`` (option II)."""
@@ -169,6 +180,7 @@ class _AliasBase(StepsizeOracle):
         gamma = torch.where(pos, (value / torch.where(pos, eta, 1.0)).sqrt(), self.gamma_0)
         if self.gamma_max is not None:
             gamma = gamma.clamp_max(self.gamma_max)
+        gamma = torch.where(gamma.isfinite(), gamma, s["gamma"])  # never step by inf/nan
         new = {**new, "eta": eta, "gamma": gamma}
         for k, v in new.items():
             s[k].copy_(v if ok is None else torch.where(ok, v, s[k]))

@@ -169,7 +169,7 @@ class StepsizeOracle(Transform):
         device = next(p for ps in active for p in ps).device
         mine = self._slots(opt, device)
         mine["acc_sum"].zero_()
-        mine["acc_max"].zero_()
+        mine["acc_max"].fill_(-math.inf)  # slots without contributions stay -inf
 
     def finalize(self, opt: SignifiedOptimizer) -> None:
         mine = opt._shared[self.name]
@@ -178,7 +178,7 @@ class StepsizeOracle(Transform):
         fn = self._finalize_fn
         if fn is None:
             fn = self.compute
-            if opt._executor.compile:
+            if opt.compiled:
                 fn = torch.compile(fn, fullgraph=True, dynamic=False)
             self._finalize_fn = fn
         scalars = {k: v for k, v in mine.items() if isinstance(v, Tensor)}
@@ -195,8 +195,8 @@ class StepsizeOracle(Transform):
         sums: list[list[Tensor]],
         maxes: list[list[Tensor]],
     ) -> None:
-        """Add per-tensor values into the slots: ``sums[r][i]`` is row ``r`` of tensor ``i``
-        (0-d tensors); rows of ``maxes`` must be >= 0."""
+        """Add (``sums``) or max (``maxes``) per-tensor values into the slots: ``sums[r][i]``
+        is row ``r`` of tensor ``i``, a 0-d tensor; ``-inf`` contributes nothing to a max."""
         mine = ctx.shared[self.name]
         slots = state["slots"][0]
         for rows, buf, op in ((sums, "acc_sum", "sum"), (maxes, "acc_max", "max")):

@@ -131,7 +131,6 @@ class _AliasBase(StepsizeOracle):
     def before_step(self, opt: SignifiedOptimizer, active: list[list[Tensor]]) -> None:
         super().before_step(opt, active)
         mine = opt._shared[self.name]
-        mine["acc_max"].fill_(-math.inf)
         if self.option != 2:
             return
         loss = getattr(opt, "last_loss", None)

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from adapter_reference import CONFIGS, config_id
+from adapter_reference import CONFIGS, Reference, config_id
 
 import signify
 from signify.adapters import (
@@ -21,6 +21,7 @@ from signify.adapters import (
     SGDAdapter,
 )
 from signify.adapters.generic import GenericAdapter
+from signify.transforms import ExpectedSign
 
 SHAPES = [(4, 5), (7,), (3, 2, 2)]
 STEPS = 55
@@ -240,6 +241,20 @@ def test_rmsprop_mixed_momentum_groups():
         assert set(opt.state[p[2]]) == (
             {"step", "square_avg", "max_scale.G"} if stochastic else {"step"}
         )
+    # the momentum-free group under the running max: a = g / avg, sigma = max |g / avg|
+    p = torch.randn(64, requires_grad=True)
+    opt = signify.signify(torch.optim.RMSprop, [ExpectedSign()])(
+        [{"params": [p], "momentum": 0.0}], lr=1e-2, momentum=0.9, alpha=0.9
+    )
+    ref = Reference("RMSprop", dict(alpha=0.9), p.shape)
+    G = torch.zeros(64, dtype=torch.float64)
+    for _ in range(6):
+        p.grad = torch.randn(64)
+        before = p.detach().double().clone()
+        opt.step()
+        a = ref.step(p.grad, before).base_dir
+        G = torch.maximum(G, a.abs())
+        _close(p.detach().double(), before - 1e-2 * a / G, "RMSprop mixed, expected sign")
     p = _clone(x0)
     opt = signify.signify(torch.optim.RMSprop, stochastic=True)(
         [{"params": p[:2]}, {"params": p[2:], "momentum": 0.9}], lr=1e-2

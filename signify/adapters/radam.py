@@ -15,7 +15,7 @@ so ``a = m_hat`` and, in the rectified phase,
 float64 on the device (torch computes them in Python floats): ``rho_t`` is a difference of
 two numbers near ``2 / (1 - beta2)`` and loses three digits in float32.
 
-Un-rectified phase (``rho_t <= 5``, the first 5 steps for ``beta2 = 0.999``) [R]: the base
+Un-rectified phase (``rho_t <= 5``, the first 5 steps for 0.9 <= ``beta2`` <= 0.9999) [R]: the base
 step ``lr * m_hat`` has no denominator. With ``sign=False`` (a `NoSign` in the chain) the
 adapter emits ``sigma = 1``, which is torch's step exactly. Under a sign, ``sigma = 1`` would
 compare ``m_hat`` (gradient units) with a noise of width 1, i.e. a nearly pure-noise step;

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update
+from ..transforms.base import State, StepContext, Update, up
 from .base import Adapter, stream
 
 _SUM = stream("sum")
@@ -67,7 +67,7 @@ class AdagradAdapter(Adapter):
                 step_scale.append(1 / (1 + (t - 1) * ctx.hyper["lr_decay"]))
             if self.need_scale:
                 s = state["sum"][i]
-                s_new = s.float() + g * g
+                s_new = up(s) + g * g
                 ctx.write(i, s, s_new, _SUM)
                 scale.append(s_new.sqrt() + ctx.hyper["eps"])
         u.num = num

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update
+from ..transforms.base import State, StepContext, Update, up
 from .base import Adapter, stream
 
 _M, _U = stream("exp_avg"), stream("exp_inf")
@@ -50,12 +50,12 @@ class AdamaxAdapter(Adapter):
         for i in range(len(u.params)):
             g = self.gradient(u, i, ctx)
             m = state["exp_avg"][i]
-            m_new = torch.lerp(m.float(), g, 1 - beta1)
+            m_new = torch.lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
             num.append(m_new / (1 - beta1 ** state["step"][i]))
             if self.need_scale:
                 inf = state["exp_inf"][i]
-                inf_new = torch.maximum(inf.float() * beta2, g.abs() + eps)
+                inf_new = torch.maximum(up(inf) * beta2, g.abs() + eps)
                 ctx.write(i, inf, inf_new, _U)
                 scale.append(inf_new)
         u.num = num

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update
+from ..transforms.base import State, StepContext, Update, up
 from .base import Adapter, stream
 
 _M, _V, _MU = stream("exp_avg"), stream("exp_avg_sq"), stream("mu_product")
@@ -70,12 +70,12 @@ class NAdamAdapter(Adapter):
             c_grad = ((1.0 - mu) / (1.0 - p64)).float()
             c_avg = (mu_next / (1.0 - p64 * mu_next)).float()
             m = state["exp_avg"][i]
-            m_new = torch.lerp(m.float(), g, 1 - beta1)
+            m_new = torch.lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
             num.append(c_grad * g + c_avg * m_new)
             if self.need_scale:
                 v = state["exp_avg_sq"][i]
-                v_new = v.float() * beta2 + (1 - beta2) * g * g
+                v_new = up(v) * beta2 + (1 - beta2) * g * g
                 ctx.write(i, v, v_new, _V)
                 bc2 = (1.0 - b2**t).float()
                 scale.append((v_new / bc2).sqrt() + ctx.hyper["eps"])

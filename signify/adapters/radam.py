@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update
+from ..transforms.base import State, StepContext, Update, up
 from ..transforms.sign import NoSign
 from .base import Adapter, stream
 
@@ -84,14 +84,14 @@ class RAdamAdapter(Adapter):
             g = self.gradient(u, i, ctx, l2=l2)
             t = state["step"][i].double()
             m = state["exp_avg"][i]
-            m_new = torch.lerp(m.float(), g, 1 - beta1)
+            m_new = torch.lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
             a = m_new / (1.0 - b1**t).float()
             num.append(a)
             if not self.need_scale:
                 continue
             v = state["exp_avg_sq"][i]
-            v_new = v.float() * beta2 + (1 - beta2) * g * g
+            v_new = up(v) * beta2 + (1 - beta2) * g * g
             ctx.write(i, v, v_new, _V)
             bc2 = 1.0 - b2**t
             rho_t = rho_inf - 2.0 * t * b2**t / bc2

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update
+from ..transforms.base import State, StepContext, Update, up
 from .base import Adapter, stream
 
 if TYPE_CHECKING:
@@ -111,18 +111,18 @@ class RMSpropAdapter(Adapter):
                 num.append(g)
                 continue
             s = state["square_avg"][i]
-            s_new = s.float() * alpha + (1 - alpha) * g * g
+            s_new = up(s) * alpha + (1 - alpha) * g * g
             ctx.write(i, s, s_new, _S)
             if centered:
                 c = state["grad_avg"][i]
-                c_new = torch.lerp(c.float(), g, 1 - alpha)
+                c_new = torch.lerp(up(c), g, 1 - alpha)
                 ctx.write(i, c, c_new, _C)
                 avg = (s_new - c_new * c_new).sqrt() + eps
             else:
                 avg = s_new.sqrt() + eps
             if momentum:
                 b = state["momentum_buffer"][i]
-                b_new = b.float() * ctx.hyper["momentum"] + g / avg
+                b_new = up(b) * ctx.hyper["momentum"] + g / avg
                 ctx.write(i, b, b_new, _BUF)
                 num.append(b_new)
             elif with_scale:

@@ -62,8 +62,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default=None, help="folder of the JSON (default bench/results)")
     args = ap.parse_args(argv)
     if args.cpu:
-        args.model, args.reps = "tiny", 3
-        args.gpt_steps, args.gpt_layers, args.gpt_width, args.gpt_context = 6, 2, 64, 32
+        args.model, args.reps = "cpu", 2
+        args.gpt_steps, args.gpt_layers, args.gpt_width, args.gpt_context = 4, 1, 32, 32
         args.batch = 4
     return args
 
@@ -71,8 +71,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------ part 1
 def gradient_like(preset: str, device: torch.device) -> list[torch.nn.Parameter]:
     """Parameters shaped like the preset GPT's, each with a random gradient."""
+    cfg = PRESETS.get(preset) or GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_embd=32)
     with torch.device("meta"):
-        shapes = [p.shape for p in GPT(PRESETS[preset]).parameters()]
+        shapes = [p.shape for p in GPT(cfg).parameters()]
     params = []
     for s in shapes:
         p = torch.nn.Parameter(torch.randn(s, device=device) * 0.02)
@@ -92,7 +93,8 @@ def micro(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
 
     def timed(name: str, fn: Any, nbytes: float | None = None, **extra: Any) -> None:
         dist.barrier()
-        t = time_ms(fn, device, warmup=3, reps=args.reps, windows=3)
+        windows = 1 if args.cpu else 3
+        t = time_ms(fn, device, warmup=1 if args.cpu else 3, reps=args.reps, windows=windows)
         rows.append(
             {
                 "case": name,

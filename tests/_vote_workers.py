@@ -31,6 +31,7 @@ BAD_RANK_STEP = 2  # the group's last rank has non-finite gradients at this step
 INACTIVE_STEP = 3  # tensor 2 has no gradient at this step (the active set changes)
 ROBUST = {"d": 20, "n": 2048, "batch": 128, "steps": 100, "lr": 0.05, "momentum": 0.9}
 ADVERSARIES = 3
+TIMEOUT = 3  # seconds, of the group used by the timeout scenario
 
 
 def initial(seed: int) -> list[torch.Tensor]:
@@ -137,6 +138,21 @@ def run_hook(group: Any, zeros: str) -> dict[str, Any]:
     }
 
 
+def run_timeout(group: Any) -> str:
+    """Rank 1 never steps: rank 0's vote must fail after the group's timeout, not hang."""
+    import time
+
+    p = torch.nn.Parameter(torch.randn(5))
+    p.grad = torch.randn(5)
+    opt = signify.signify(torch.optim.SGD, vote=group)([p], lr=0.1)
+    t0 = time.perf_counter()
+    try:
+        opt.step()
+        return "no error"
+    except RuntimeError as e:
+        return f"{type(e).__name__} after {time.perf_counter() - t0:.1f}s: {str(e)[:200]}"
+
+
 def robust_loss(adversarial: bool) -> tuple[float, float]:
     """Least squares, every rank a minibatch of its own; the last ADVERSARIES ranks send
     inverted signs (they negate their gradients). Returns (initial, final) full loss."""
@@ -175,6 +191,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         timeout=datetime.timedelta(seconds=60),
     )
     groups = {w: dist.new_group(list(range(w))) for w in (2, 3, 4)}
+    short = dist.new_group([0, 1], timeout=datetime.timedelta(seconds=TIMEOUT))
     result: dict[str, Any] = {"times": {"init": time.perf_counter() - t0}}
     try:
         for w, group in groups.items():
@@ -192,6 +209,9 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         result["times"]["scenarios"] = time.perf_counter() - t0
         result["robust"] = {"honest": robust_loss(False), "adversarial": robust_loss(True)}
         result["times"]["robust"] = time.perf_counter() - t0
+        if rank == 0:
+            result["timeout"] = run_timeout(short)
+        dist.barrier()
     except Exception:
         result["error"] = traceback.format_exc()
         raise

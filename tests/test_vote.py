@@ -180,11 +180,22 @@ def test_bytes_match_layout_formula(ranks, world):
         assert stats[-1]["total_bytes_sent"] == sum(s["bytes_sent"] for s in stats)
 
 
+def sent_votes(send: torch.Tensor) -> torch.Tensor:
+    """The 1-bit votes of every real coordinate of vw.SIZES in a send buffer (no padding)."""
+    out, at = [], 0
+    for size in vw.SIZES:
+        n = math.prod(size)
+        out.append(bitvote.decode(send[at : at + bitvote.coded_bytes(n, 1)], 1, n))
+        at += bitvote.coded_bytes(n, 1)
+    return torch.cat(out)
+
+
 def test_stochastic_noise_is_independent_per_rank(ranks):
-    sends = [ranks[r]["stochastic"]["sends"] for r in range(3)]
-    # step 1 is deterministic (|m| = G); afterwards identical gradients give different signs
-    assert torch.equal(sends[0][0], sends[1][0])
-    assert not torch.equal(sends[0][2], sends[1][2]) and not torch.equal(sends[1][2], sends[2][2])
+    votes = [[sent_votes(s) for s in ranks[r]["stochastic"]["sends"][:2]] for r in range(3)]
+    # step 1 is deterministic (|m| = G); then identical gradients give different signs
+    assert torch.equal(votes[0][0], votes[1][0]) and torch.equal(votes[0][0], votes[2][0])
+    assert not torch.equal(votes[0][1], votes[1][1])
+    assert not torch.equal(votes[1][1], votes[2][1])
     for p0, p1, p2 in zip(*(ranks[r]["stochastic"]["params"] for r in range(3))):
         assert torch.equal(p0, p1) and torch.equal(p0, p2)
 
@@ -216,3 +227,28 @@ def test_robust_to_three_of_seven_inverted(ranks):
     _, adversarial = losses[0]["adversarial"]
     assert honest < 0.1 * first
     assert adversarial <= 1.10 * honest, (honest, adversarial)
+
+
+def test_a_missing_rank_times_out_instead_of_hanging(ranks):
+    msg = ranks[0]["timeout"]
+    print(msg)
+    assert not msg.startswith("no error"), msg
+    elapsed = float(msg.split(" after ")[1].split("s:")[0])
+    assert vw.TIMEOUT - 0.5 <= elapsed < 10 * vw.TIMEOUT, msg
+
+
+def test_bench_cpu_smoke(tmp_path):
+    """bench/vote.py --cpu: 2 gloo ranks, every case runs and the JSON holds the table."""
+    import json
+
+    from bench import vote as bench_vote
+
+    bench_vote.main(["--cpu", "--out", str(tmp_path)])
+    payload = json.loads((tmp_path / "vote_w2_cpu.json").read_text())
+    cases = {r["case"]: r for r in payload["rows"]}
+    assert payload["world_size"] == 2
+    for name in ("all_reduce fp32", "signSGD-MV step [alltoall]", "gpt vote_signum"):
+        assert name in cases
+    mv = cases["signSGD-MV step [allgather]"]
+    assert mv["auto"] and 0 < mv["MB_sent"] < cases["all_reduce fp32"]["MB_sent"] / 16
+    assert all(math.isfinite(cases[f"gpt {n}"]["train_loss"]) for n in ("ddp_adamw", "vote_signum"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,8 @@ class MajorityVote(Transform):
             collections.OrderedDict()
         )
         self._wire: bitvote.Wire | None = None
-        self._views: dict[int, tuple[Tensor, Tensor]] = {}
+        self._spans: dict[int, tuple[int, int, int, int]] = {}  # send at, len, result at, len
+        self._eager = True
         self._tally: Any = None
 
     def clone(self) -> MajorityVote:
@@ -132,11 +134,11 @@ class MajorityVote(Transform):
                 self._wires.popitem(last=False)
         else:
             self._wires.move_to_end(key)
-        self._wire, self._views = entry
+        self._wire, self._spans = entry
 
     def _new_wire(
         self, opt: SignifiedOptimizer, params: list[Tensor]
-    ) -> tuple[bitvote.Wire, dict[int, tuple[Tensor, Tensor]]]:
+    ) -> tuple[bitvote.Wire, dict[int, tuple[int, int, int, int]]]:
         devices = {p.device for p in params}
         if len(devices) != 1:
             raise ValueError(
@@ -160,23 +162,37 @@ class MajorityVote(Transform):
         wire = bitvote.make_wire(
             [p.numel() for p in params], self.world, self.zeros, self.layout, device
         )
-        views: dict[int, tuple[Tensor, Tensor]] = {}
+        spans: dict[int, tuple[int, int, int, int]] = {}
         send_at = res_at = 0
         for p in params:
             ns = bitvote.coded_bytes(p.numel(), self.bits_in)
             nr = bitvote.coded_bytes(p.numel(), self.bits_out)
-            views[id(p)] = (wire.send[send_at : send_at + ns], wire.result[res_at : res_at + nr])
+            spans[id(p)] = (send_at, ns, res_at, nr)
             send_at, res_at = send_at + ns, res_at + nr
         if self._tally is None:
             fn = functools.partial(bitvote.tally, bits_in=self.bits_in, bits_out=self.bits_out)
             if device.type == "cuda" and opt.compiled:
                 fn = torch.compile(fn, dynamic=True, fullgraph=True)
             self._tally = fn
-        return wire, views
+        self._eager = not opt.compiled
+        return wire, spans
 
     def plan(self, params: Sequence[Tensor], group_index: int) -> State:
-        views = [self._views[id(p)] for p in params]
-        return {"send": [v[0] for v in views], "result": [v[1] for v in views]}
+        """Views of this chunk's tensors into the flat buffers; in eager mode also the whole
+        region when the tensors sit back to back, so that one pack serves the chunk."""
+        wire = self._wire
+        assert wire is not None
+        spans = [self._spans[id(p)] for p in params]
+        st: State = {
+            "send": [wire.send[a : a + n] for a, n, _, _ in spans],
+            "result": [wire.result[a : a + n] for _, _, a, n in spans],
+        }
+        back_to_back = all(s[0] + s[1] == t[0] for s, t in itertools.pairwise(spans))
+        if self._eager and spans and back_to_back:
+            (a, _, b, _), (c, m, d, k) = spans[0], spans[-1]
+            st["send_all"] = [wire.send[a : c + m]]
+            st["result_all"] = [wire.result[b : d + k]]
+        return st
 
     def exchange(self, opt: SignifiedOptimizer) -> None:
         wire = self._wire
@@ -200,6 +216,12 @@ class MajorityVote(Transform):
         if u.direction is None:
             raise ValueError("MajorityVote needs `direction`: put a sign transform before it")
         parity = ctx.shared[self.name]["count"] + self.group_rank
+        if "send_all" in state:
+            # Eager: one pack over the chunk, each tensor padded to a multiple of 8 (as in
+            # the buffer), instead of a dozen small kernels per tensor.
+            d, g = _padded_cat(u.direction), _padded_cat(u.grads)
+            state["send_all"][0].copy_(bitvote.vote_bytes(d, g, ctx.ok, self.bits_in, parity))
+            return
         for d, g, send in zip(u.direction, u.grads, state["send"]):
             send.copy_(bitvote.vote_bytes(d, g, ctx.ok, self.bits_in, parity))
 
@@ -208,6 +230,15 @@ class MajorityVote(Transform):
         # The write is the group's step, not this rank's: it happens even where this rank
         # skipped its own (non-finite) step, so that parameters stay identical.
         ctx.ok = None
+        if "result_all" in state:
+            region = state["result_all"][0]
+            flat = bitvote.decode(region, self.bits_out, region.numel() * 8 // self.bits_out)
+            out, at = [], 0
+            for p in u.params:
+                out.append(flat[at : at + p.numel()])
+                at += (p.numel() + 7) // 8 * 8
+            u.direction = out
+            return u
         u.direction = [
             bitvote.decode(r, self.bits_out, p.numel()) for p, r in zip(u.params, state["result"])
         ]
@@ -219,6 +250,11 @@ class MajorityVote(Transform):
     def extra_repr(self) -> str:
         group = "default" if self.group is None else "custom"
         return f"group={group}, world={self.world}, zeros={self.zeros!r}, layout={self.layout!r}"
+
+
+def _padded_cat(ts: list[Tensor]) -> Tensor:
+    pads = [torch.nn.functional.pad(t, (0, -t.numel() % 8)) if t.numel() % 8 else t for t in ts]
+    return torch.cat(pads) if len(pads) > 1 else pads[0]
 
 
 def _is_process_group(x: Any) -> bool:

@@ -46,7 +46,7 @@ from signify.transforms.vote import MajorityVote
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="smoke test: 2 gloo processes, tiny sizes")
-    ap.add_argument("--model", default="350m", help="GPT preset whose tensors part 1 votes on")
+    ap.add_argument("--model", default=None, help="GPT preset part 1 votes on (default 350m)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--nonfinite", default="skip", choices=["skip", "ignore"])
     ap.add_argument("--gpt-steps", type=int, default=300)
@@ -62,9 +62,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default=None, help="folder of the JSON (default bench/results)")
     args = ap.parse_args(argv)
     if args.cpu:
-        args.model, args.reps = "cpu", 2
+        args.model, args.reps = args.model or "cpu", 2
         args.gpt_steps, args.gpt_layers, args.gpt_width, args.gpt_context = 4, 1, 32, 32
         args.batch = 4
+    args.model = args.model or "350m"
     return args
 
 

@@ -26,7 +26,14 @@ SIZES = [(37,), (8, 5), (3,), (16,)]  # sizes not multiples of 8; the last has z
 STEPS = 4
 LR = 0.01
 MOMENTUM = 0.9
-CONFIGS = [("dither", "auto"), ("exact", "auto"), ("dither", "other")]
+# (zeros, layout, nonfinite): "skip" makes the bad rank abstain everywhere at its bad step,
+# "ignore" only where its gradient (and, afterwards, its momentum) is not finite.
+CONFIGS = [
+    ("dither", "auto", "skip"),
+    ("exact", "auto", "skip"),
+    ("dither", "other", "skip"),
+    ("exact", "auto", "ignore"),
+]
 BAD_RANK_STEP = 2  # the group's last rank has non-finite gradients at this step
 INACTIVE_STEP = 3  # tensor 2 has no gradient at this step (the active set changes)
 ROBUST = {"d": 20, "n": 2048, "batch": 128, "steps": 100, "lr": 0.05, "momentum": 0.9}
@@ -55,11 +62,13 @@ def other_layout(world: int) -> str:
     return "alltoall" if world <= 2 else "allgather"
 
 
-def run_exact(group: Any, world: int, zeros: str, layout: str, seed: int) -> dict[str, Any]:
+def run_exact(
+    group: Any, world: int, zeros: str, layout: str, nonfinite: str, seed: int
+) -> dict[str, Any]:
     rank = dist.get_rank(group)
     params = [torch.nn.Parameter(t.clone()) for t in initial(seed)]
     vote = MajorityVote(group, zeros=zeros, layout=layout)
-    opt = signify.signify(torch.optim.SGD, vote=vote)(
+    opt = signify.signify(torch.optim.SGD, vote=vote, nonfinite=nonfinite)(
         params, lr=LR, momentum=MOMENTUM, dampening=MOMENTUM
     )
     stats = []
@@ -197,9 +206,10 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         for w, group in groups.items():
             if rank >= w:
                 continue
-            for zeros, layout in CONFIGS:
+            for zeros, layout, nonfinite in CONFIGS:
                 lay = other_layout(w) if layout == "other" else layout
-                result[("exact", w, zeros, lay)] = run_exact(group, w, zeros, lay, seed=w)
+                key = ("exact", w, zeros, lay, nonfinite)
+                result[key] = run_exact(group, w, zeros, lay, nonfinite, seed=w)
             result[("hook", w)] = run_hook(group, "exact" if w == 4 else "dither")
         if rank < 3:
             result["stochastic"] = run_stochastic(groups[3])
@@ -221,7 +231,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 # ----------------------------------------------------------------------------- simulation
-def simulate(world: int, zeros: str, seed: int) -> list[torch.Tensor]:
+def simulate(world: int, zeros: str, nonfinite: str, seed: int) -> list[torch.Tensor]:
     """The vote of W workers, in one process, written from the algorithm (float64 momentum,
     integer vote counts), independent of signify's code."""
     x = [t.clone() for t in initial(seed)]
@@ -235,7 +245,9 @@ def simulate(world: int, zeros: str, seed: int) -> list[torch.Tensor]:
             total = torch.zeros(x[i].numel(), dtype=torch.int64)
             for r in range(world):
                 g = grads[r][i].double().reshape(-1)  # type: ignore[union-attr]
-                ok = all(bool(torch.isfinite(t).all()) for t in grads[r] if t is not None)
+                ok = nonfinite == "ignore" or all(
+                    bool(torch.isfinite(t).all()) for t in grads[r] if t is not None
+                )
                 if ok:
                     m[r][i] = g if m[r][i] is None else MOMENTUM * m[r][i] + (1 - MOMENTUM) * g
                 d = torch.sign(m[r][i]) if ok else torch.zeros_like(g)  # type: ignore[arg-type]

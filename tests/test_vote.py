@@ -155,20 +155,20 @@ def test_single_rank_compiled_matches_eager_and_sign():
 # ------------------------------------------------------------------------- distributed
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_vote_equals_simulation_bit_for_bit(ranks, world):
-    for zeros, layout in vw.CONFIGS:
+    for zeros, layout, nonfinite in vw.CONFIGS:
         lay = vw.other_layout(world) if layout == "other" else layout
-        expected = vw.simulate(world, zeros, seed=world)
+        expected = vw.simulate(world, zeros, nonfinite, seed=world)
         for r in range(world):
-            got = ranks[r][("exact", world, zeros, lay)]["params"]
+            got = ranks[r][("exact", world, zeros, lay, nonfinite)]["params"]
             for g, e in zip(got, expected):
                 assert torch.equal(g, e), (world, zeros, lay, r)
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_bytes_match_layout_formula(ranks, world):
-    for zeros, layout in vw.CONFIGS:
+    for zeros, layout, nonfinite in vw.CONFIGS:
         lay = vw.other_layout(world) if layout == "other" else layout
-        stats = ranks[0][("exact", world, zeros, lay)]["stats"]
+        stats = ranks[0][("exact", world, zeros, lay, nonfinite)]["stats"]
         chosen = lay if lay != "auto" else ("allgather" if world == 2 else "alltoall")
         for step, s in enumerate(stats, start=1):
             sizes = [

@@ -129,7 +129,7 @@ def micro(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
             f"signSGD-MV step [{layout}]",
             opt.step,
             sent,
-            auto=opt.vote_stats["layout"] == signify.bitvote.choose_layout("auto", world, 1),
+            auto=layout == signify.bitvote.choose_layout("auto", world, 1, device.type),
         )
         del opt
     return rows

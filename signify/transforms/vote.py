@@ -70,7 +70,7 @@ class MajorityVote(Transform):
         if layout not in bitvote.LAYOUTS:
             raise ValueError(f"layout must be one of {bitvote.LAYOUTS}, got {layout!r}")
         self.group = group
-        self.zeros = zeros
+        self.zeros_mode = zeros
         self.layout = layout
         self.world = 1
         self.group_rank = 0
@@ -88,7 +88,7 @@ class MajorityVote(Transform):
 
     def clone(self) -> MajorityVote:
         """A fresh transform with the same settings (and the same group)."""
-        return MajorityVote(self.group, zeros=self.zeros, layout=self.layout)
+        return MajorityVote(self.group, zeros=self.zeros_mode, layout=self.layout)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> MajorityVote:
         # Process groups cannot be copied; an explicit transforms list is deep-copied per
@@ -107,11 +107,10 @@ class MajorityVote(Transform):
         if self.group_rank < 0:
             raise ValueError("vote group: this rank is not a member of the process group")
         self.global_rank = dist.get_rank()
-        self.bits_in = bitvote.send_bits(self.zeros, self.world)
+        self.bits_in = bitvote.send_bits(self.zeros_mode, self.world)
         self.bits_out = bitvote.result_bits(self.bits_in, self.world)
         self.stats.update(
             world_size=self.world,
-            layout=bitvote.choose_layout(self.layout, self.world, self.bits_in),
             send_bits=self.bits_in,
             result_bits=self.bits_out,
         )
@@ -160,7 +159,7 @@ class MajorityVote(Transform):
                 ),
             )
         wire = bitvote.make_wire(
-            [p.numel() for p in params], self.world, self.zeros, self.layout, device
+            [p.numel() for p in params], self.world, self.zeros_mode, self.layout, device
         )
         spans: dict[int, tuple[int, int, int, int]] = {}
         send_at = res_at = 0
@@ -170,7 +169,7 @@ class MajorityVote(Transform):
             spans[id(p)] = (send_at, ns, res_at, nr)
             send_at, res_at = send_at + ns, res_at + nr
         if self._tally is None:
-            fn = functools.partial(bitvote.tally, bits_in=self.bits_in, bits_out=self.bits_out)
+            fn: Any = functools.partial(bitvote.tally, bits_in=self.bits_in, bits_out=self.bits_out)
             if device.type == "cuda" and opt.compiled:
                 fn = torch.compile(fn, dynamic=True, fullgraph=True)
             self._tally = fn
@@ -249,7 +248,9 @@ class MajorityVote(Transform):
 
     def extra_repr(self) -> str:
         group = "default" if self.group is None else "custom"
-        return f"group={group}, world={self.world}, zeros={self.zeros!r}, layout={self.layout!r}"
+        return (
+            f"group={group}, world={self.world}, zeros={self.zeros_mode!r}, layout={self.layout!r}"
+        )
 
 
 def _padded_cat(ts: list[Tensor]) -> Tensor:

@@ -27,8 +27,8 @@ Layouts (W ranks, L bytes of local codes per rank, S = ceil(L / W)):
 ``auto`` on a GPU takes the layout that sends fewer bytes, and all-gather on a tie (one
 collective instead of two): all-gather for W <= 2, all-to-all from W = 3 on. On a CPU
 (gloo) it always takes all-to-all: there the local count dominates, and all-to-all counts
-1/W of the coordinates per rank instead of all of them (measured with 2 ranks: the exchange
-took about half the time of the all-gather path). See `choose_layout`.
+1/W of the coordinates per rank instead of all of them (2 ranks, 0.83M coordinates: the
+exchange took 1.7x to 2.8x less time than the all-gather path). See `choose_layout`.
 Both layouts give bit-identical results.
 """
 

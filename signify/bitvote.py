@@ -82,8 +82,8 @@ def vote_bytes(
     that alternates every step, so the parameter oscillates by one step instead of
     drifting. [R] (the papers send sign bits and do not say how a zero travels.)
     """
-    # x * 0 is 0 exactly when x is finite (NaN otherwise): both finite, without overflow.
-    votes = (direction != 0) & (direction * 0 + grad * 0 == 0)
+    # (Not the cheaper `x * 0 == 0` test of finiteness: the compiler folds x * 0 to 0.)
+    votes = (direction != 0) & torch.isfinite(direction) & torch.isfinite(grad)
     if ok is not None:
         votes = votes & ok
     pos = (direction > 0) & votes

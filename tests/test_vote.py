@@ -102,6 +102,27 @@ def test_auto_layout_rule():
     assert bitvote.bytes_sent(n // 8, 7, "alltoall", 1) == 2 * 6 * n // 8 // 7
 
 
+def test_compiled_wire_functions_match_eager():
+    """The compiled forms (one graph, dynamic sizes) of packing with dither bits, counting and
+    unpacking give the eager bytes: the GPU runs them compiled, the CPU tests eagerly."""
+
+    def pipeline(d, g, e, parity):
+        rows = torch.stack(
+            [
+                bitvote.vote_bytes(d, g, None, 1, parity),
+                bitvote.vote_bytes(e, g, None, 1, parity + 1),
+            ]
+        )
+        return bitvote.decode(bitvote.tally(rows, 1, 2), 2, d.numel())
+
+    compiled = torch.compile(pipeline, dynamic=True, fullgraph=True)
+    d, e, g = torch.sign(torch.randn(21)), torch.sign(torch.randn(21)), torch.randn(21)
+    d[:4] = 0.0
+    g[5:9] = float("nan")  # both parities: a folded `g * 0` once hid an abstention here
+    parity = torch.tensor(1)
+    assert torch.equal(compiled(d, g, e, parity), pipeline(d, g, e, parity))
+
+
 # ------------------------------------------------------------------------- validation
 def test_vote_spec_validation():
     assert isinstance(make_vote("majority"), MajorityVote)

@@ -2,12 +2,14 @@
 
 from .apply import ApplyUpdate
 from .base import State, StepContext, Transform, Update
+from .blocks import Blocks
 from .scale import RunningMaxScale
 from .sign import ExpectedSign, NoSign, Sign, StochasticSign
 from .weight_decay import DecoupledWeightDecay
 
 __all__ = [
     "ApplyUpdate",
+    "Blocks",
     "DecoupledWeightDecay",
     "ExpectedSign",
     "NoSign",

@@ -175,7 +175,9 @@ def test_outside_policies(outside):
         assert blocks.num_blocks == 3
         for _ in range(4):
             assert all(p.requires_grad for p in outer)
+            before = model.embed.weight.detach().clone()
             _step(model, opt, torch.randn(4, 3))
+            assert not torch.equal(model.embed.weight, before)  # stepped every time
     else:
         assert blocks.num_blocks == 5
         assert blocks.labels[0] == "(input side)" and blocks.labels[-1] == "(output side)"
@@ -431,3 +433,20 @@ def test_bad_input_raises_clear_errors():
     other = signify.signify(torch.optim.SGD, blocks="cyclic")(Stack().named_parameters(), lr=1)
     with pytest.raises(ValueError, match="blocks: the state_dict was saved with rule"):
         opt.load_state_dict(other.state_dict())
+
+
+# ---------------------------------------------------------------- benchmark smoke test
+def test_bench_blocks_cpu_smoke(tmp_path):
+    from bench import blocks as bench_blocks
+
+    threads = torch.get_num_threads()
+    try:
+        payload = bench_blocks.main(["--cpu", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r["row"]: r for r in payload["rows"]}
+    assert list(rows) == ["adamw_fused", "signum_full", "signum_blocks", "stoadam_blocks"]
+    for name in ("signum_blocks", "stoadam_blocks"):
+        assert [r["block"] for r in rows[name]["per_layer"]] == [1, 2, 3, 4]
+        assert rows[name]["ms_per_iter"] > 0 and rows[name]["targets"] in ("met", "missed")
+    assert (tmp_path / "blocks_cpu.json").exists()

@@ -85,6 +85,8 @@ def run_row(
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg = PRESETS[args.preset]
+    # what an earlier row left allocated is not this row's (subtracted from its peak)
+    left = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model = GPT(cfg).to(device)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=device)
     steer = SteerableDepth()
@@ -111,7 +113,7 @@ def run_row(
     if not is_blocks:
         t = common.time_ms(iteration, device, **args.timing)
         row["ms_per_iter"] = row["ms_real_run"] = t["median_ms"]
-        row["peak_gib"] = common.peak_memory(device) / GIB
+        row["peak_gib"] = (common.peak_memory(device) - left) / GIB
         return row
 
     n = cfg.n_layer + (2 if outside == "own" else 0)
@@ -127,7 +129,7 @@ def run_row(
                 {
                     "block": i + 1,
                     "ms": t["median_ms"],
-                    "peak_gib": common.peak_memory(device) / GIB,
+                    "peak_gib": (common.peak_memory(device) - left) / GIB,
                     "share": shares[i],
                 }
             )
@@ -144,7 +146,8 @@ def run_row(
     if "per_layer" in row:  # what the per-layer times predict for these very picks
         row["ms_real_run_predicted"] = sum(row["per_layer"][i]["ms"] for i in picks) / len(picks)
     row.setdefault("ms_per_iter", row["ms_real_run"])
-    row["peak_gib"] = max(common.peak_memory(device) / GIB, row.get("peak_gib_per_layer_max", 0))
+    peak = (common.peak_memory(device) - left) / GIB
+    row["peak_gib"] = max(peak, row.get("peak_gib_per_layer_max", 0))
     return row
 
 
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _free(device: torch.device) -> None:
     import gc
 
+    torch._dynamo.reset()  # compiled graphs of the last row's optimizer
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -121,7 +121,7 @@ class Blocks(Transform):
         self._stepping: set[Tensor] = set()
         self._held = 0
         self._pending = False
-        self._offload_events: list[Any] = []
+        self._offload_event: Any = None  # CUDA event after the latest offload copies
 
     # ------------------------------------------------------------------ copies
     def clone(self) -> Blocks:
@@ -267,18 +267,18 @@ class Blocks(Transform):
                 changed |= moved
                 offloaded |= moved
         if offloaded and torch.cuda.is_available():
-            ev = torch.cuda.Event()
-            ev.record()
-            self._offload_events.append(ev)
+            # copies on one stream complete in order: waiting for the latest is enough
+            self._offload_event = torch.cuda.Event()
+            self._offload_event.record()
         if changed:
             executor = getattr(opt, "_executor", None)
             if executor is not None:
                 executor.invalidate()  # the cached plan holds views of the moved state
 
     def _wait_offload(self) -> None:
-        for ev in self._offload_events:
-            ev.synchronize()
-        self._offload_events.clear()
+        if self._offload_event is not None:
+            self._offload_event.synchronize()
+            self._offload_event = None
 
 
 def _move_state(st: dict[str, Any], device: torch.device, non_blocking: bool) -> bool:

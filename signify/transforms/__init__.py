@@ -2,6 +2,7 @@
 
 from .apply import ApplyUpdate
 from .base import State, StepContext, Transform, Update
+from .blocks import Blocks
 from .scale import RunningMaxScale
 from .sign import ExpectedSign, NoSign, Sign, StochasticSign
 from .vote import MajorityVote
@@ -9,6 +10,7 @@ from .weight_decay import DecoupledWeightDecay
 
 __all__ = [
     "ApplyUpdate",
+    "Blocks",
     "DecoupledWeightDecay",
     "ExpectedSign",
     "MajorityVote",

@@ -12,7 +12,7 @@ LINT_PATHS := signify tests examples bench
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_PIN)
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,cli,docs]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,cli,docs,integrations]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import torch
 
+from .adagrad import AdagradAdapter
 from .adam import AdamAdapter
+from .adamax import AdamaxAdapter
 from .base import Adapter
+from .nadam import NAdamAdapter
+from .radam import RAdamAdapter
+from .rmsprop import RMSpropAdapter
 from .sgd import SGDAdapter
 
-ADAPTERS: list[type[Adapter]] = [SGDAdapter, AdamAdapter]
+ADAPTERS: list[type[Adapter]] = [
+    SGDAdapter,
+    AdamAdapter,
+    AdamaxAdapter,
+    RMSpropAdapter,
+    AdagradAdapter,
+    NAdamAdapter,
+    RAdamAdapter,
+]
 
 
 def adapter_for(base: type[torch.optim.Optimizer]) -> Adapter:
@@ -23,4 +36,15 @@ def adapter_for(base: type[torch.optim.Optimizer]) -> Adapter:
     return GenericAdapter(base)
 
 
-__all__ = ["ADAPTERS", "AdamAdapter", "Adapter", "SGDAdapter", "adapter_for"]
+__all__ = [
+    "ADAPTERS",
+    "AdagradAdapter",
+    "AdamAdapter",
+    "AdamaxAdapter",
+    "Adapter",
+    "NAdamAdapter",
+    "RAdamAdapter",
+    "RMSpropAdapter",
+    "SGDAdapter",
+    "adapter_for",
+]

@@ -61,6 +61,9 @@ class GenericAdapter(Adapter):
                 if k != "params":
                     gi[k] = v
         params = [p for ps in active for p in ps]
+        for p in params:  # this hook runs before the executor creates missing state
+            if "delta" not in opt.state[p]:
+                opt.state[p]["delta"] = torch.zeros_like(p, dtype=torch.float32)
         if self.nonfinite != "ignore":
             # The base's eager step cannot be masked on the device: check on the host.
             finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)

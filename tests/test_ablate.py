@@ -318,7 +318,7 @@ def test_report_marks_grid_edges_and_spread():
 
 
 # ------------------------------------------------------------------------------- CLI
-def test_cli_help_dry_run_and_print_default(capsys):
+def test_cli_help_dry_run_and_print_default(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["ablate", "--help"])
     assert e.value.code == 0
@@ -331,6 +331,11 @@ def test_cli_help_dry_run_and_print_default(capsys):
     assert main(["ablate", "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
     assert main([]) == 2
+    if not torch.cuda.is_available():
+        assert (
+            main(["ablate", "--device", "cuda", "--steps", "1", "--out", str(tmp_path / "x")]) == 2
+        )
+        assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_console_module_entry_point():
@@ -343,3 +348,21 @@ def test_console_module_entry_point():
         timeout=60,
     )
     assert proc.returncode == 0 and "usage: signify ablate" in proc.stdout
+
+
+def test_parallel_jobs_match_the_sequential_plan(tmp_path):
+    study = StudyConfig(task="nonsmooth", steps=10, seeds=(0, 1), out=str(tmp_path / "par"))
+    variants = from_tables(
+        [
+            {"name": "sign", "optimizer": "SGD", "lr": [0.1, 1.0]},
+            {"name": "sto", "optimizer": "SGD", "stochastic": True, "lr": 1.0},
+        ]
+    )
+    record = run_study(study, variants, progress=False, plots=False, jobs=2)
+    assert record["runs_computed"] == runner.plan_size(study.resolved(), variants) == 5
+    by = {v["name"]: v for v in record["variants"]}
+    assert [r["seed"] for r in by["sign"]["runs"]] == [0, 1] and by["sto"]["error"] is None
+    # signSGD from this start never changes x1 + x2, so f >= |x1 + x2| (StoSignSGD, Fig. 1).
+    assert all(r["final_val_loss"] >= 2.87 for r in by["sign"]["runs"])
+    with pytest.raises(ValueError, match="jobs"):
+        run_study(study, variants, jobs=0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import platform
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -79,15 +81,21 @@ def run_study(
     progress: bool = True,
     fresh: bool = False,
     plots: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every variant (tuning lrs, then all seeds), write ``study.json``, ``summary.md`` and
-    the plots under ``study.out``; return the study record."""
+    the plots under ``study.out``; return the study record.
+
+    ``jobs > 1`` runs that many variants at once in worker processes, each with
+    ``cpu_count // jobs`` torch threads (per-run timings then share the machine)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     study = study.resolved()
     assert study.out is not None
-    out = pathlib.Path(study.out)
-    out.mkdir(parents=True, exist_ok=True)
     if study.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {study.device!r} asked for, but torch sees no CUDA device")
+    out = pathlib.Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     total = plan_size(study, variants)
     outcomes: list[VariantOutcome] = []
@@ -113,22 +121,90 @@ def run_study(
                 sbar.write(f"[error] {label}: {r['error']}")
             return r
 
-        for v in variants:
-            outcome = run_variant(study, v, out, run)
+        if jobs == 1:
+            for v in variants:
+                outcomes.append(run_variant(study, v, out, run))
+        else:
+            outcomes, computed = _run_parallel(study, variants, out, fresh, jobs, sbar, done_keys)
+        for v, outcome in zip(variants, outcomes):
             if outcome.error is not None:
                 # Runs the variant no longer needs still count as done in the bar.
                 sbar.update(max(0, _variant_size(study, v) - _runs_of(outcome)))
-            outcomes.append(outcome)
     record = {
         "study": dataclasses.asdict(study),
         "environment": environment(study.device),
         "wall_time_s": time.perf_counter() - start,
         "runs_computed": computed,
+        "jobs": jobs,
         "variants": [_outcome_record(o) for o in outcomes],
     }
     (out / "study.json").write_text(json.dumps(record, indent=1, default=str))
     report.write(out, record, plots=plots)
     return record
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _variant_worker(
+    study: StudyConfig, v: Variant, out: str, fresh: bool, queue: Any
+) -> VariantOutcome:
+    def run(v: Variant, lr: float | None, seed: int, steps: int) -> dict[str, Any]:
+        r = run_one(study, v, lr, seed, steps, pathlib.Path(out), fresh=fresh)
+        label = f"{v.name} lr={'default' if lr is None else f'{lr:g}'} seed={seed}"
+        queue.put((r["folder"], bool(r.get("cached")), r["status"], r.get("error"), label))
+        return r
+
+    return run_variant(study, v, pathlib.Path(out), run)
+
+
+def _run_parallel(
+    study: StudyConfig,
+    variants: Sequence[Variant],
+    out: pathlib.Path,
+    fresh: bool,
+    jobs: int,
+    sbar: Any,
+    done_keys: set[str],
+) -> tuple[list[VariantOutcome], int]:
+    """One variant per worker process at a time (a variant's tuning decides its seed runs)."""
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    computed = 0
+    with ctx.Manager() as manager:
+        queue = manager.Queue()
+
+        def drain() -> None:
+            nonlocal computed
+            while not queue.empty():
+                folder, cached, status, error, label = queue.get()
+                if folder not in done_keys:
+                    done_keys.add(folder)
+                    sbar.update(1)
+                computed += 0 if cached else 1
+                if status == "error":
+                    sbar.write(f"[error] {label}: {error}")
+
+        with ProcessPoolExecutor(
+            jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            futures = [
+                pool.submit(_variant_worker, study, v, str(out), fresh, queue) for v in variants
+            ]
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                drain()
+        drain()
+        outcomes = []
+        for v, f in zip(variants, futures):
+            err = f.exception()
+            if err is None:
+                outcomes.append(f.result())
+            else:
+                outcomes.append(VariantOutcome(v, {}, None, [], f"{type(err).__name__}: {err}"))
+    return outcomes, computed
 
 
 def _variant_size(study: StudyConfig, v: Variant) -> int:

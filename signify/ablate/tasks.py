@@ -122,12 +122,12 @@ class GPTTask(Task):
             self.data.batch("val", batch_size, cfg.block_size, val_gen, device)
             for _ in range(preset.eval_batches)
         ]
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else None
-        )
+        self.bf16 = dtype == "bf16"
 
     def _ctx(self) -> Any:
-        return self.autocast if self.autocast is not None else contextlib.nullcontext()
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def train_step(self, step: int) -> Tensor:
         x, y = self.data.batch("train", self.batch_size, self.cfg.block_size, self.gen, self.device)

@@ -86,6 +86,12 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
         metavar="TEXT",
         help="run only the variants whose name contains TEXT (repeatable)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="variants run at once in worker processes (default 1: clean timings)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster on a busy machine)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/ablate/TASK-PRESET)")
     p.add_argument("--fresh", action="store_true", help="redo finished runs")
@@ -148,7 +154,12 @@ def _ablate(args: argparse.Namespace) -> int:
         print(f"{runner.plan_size(cfg, chosen)} runs at most")
         return 0
     record = study.run_study(
-        cfg, chosen, progress=not args.no_progress, fresh=args.fresh, plots=not args.no_plots
+        cfg,
+        chosen,
+        progress=not args.no_progress,
+        fresh=args.fresh,
+        plots=not args.no_plots,
+        jobs=args.jobs,
     )
     failed = [v["name"] for v in record["variants"] if v["error"] or not v["runs"]]
     failed += [

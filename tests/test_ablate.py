@@ -225,6 +225,12 @@ def test_stepsize_and_comm_probes_read_transform_scalars():
     assert probes.comm_bytes(fake) == 96
     fake.chain = [types.SimpleNamespace(name="vote")]
     assert probes.comm_bytes(fake) == 5
+    fake.chain = [types.SimpleNamespace(name="vote", stats={"total_bytes_sent": 7})]
+    assert probes.comm_bytes(fake) == 7
+    # The oracle API: opt.stepsizes(), per group (a 1-D tensor under scope="tensor").
+    fake.chain = [types.SimpleNamespace(name="alias", stepsizes=lambda opt: None)]
+    fake.stepsizes = lambda: [torch.tensor(0.5), torch.tensor([1.0, 3.0])]
+    assert probes.stepsize_trace(fake) == {"step[0]": 0.5, "step[1]": 2.0}
 
 
 # ------------------------------------------------------------------------------- runner

@@ -3,12 +3,15 @@
 * `state_bytes`: bytes of the tensors in ``opt.state`` (plus a wrapped base's state and
   signify's optimizer-level scalars), each storage counted once. Block schedules that drop
   idle state show it here.
-* `stepsize_trace`: the 0-d floating scalars a stepsize transform keeps in
-  ``opt.shared_state(device)[transform.name]`` (ALIAS's ``gamma``, its accumulators, ...),
-  keyed ``"<transform>.<key>"``; taken from transforms whose name or key says step size
-  (``stepsize``, ``alias``, ``sos``, ``gamma``, ``lr``). Empty for other optimizers.
-* `comm_bytes`: bytes a vote sent so far: a transform's ``bytes_communicated`` (attribute or
-  method), else the sum of its shared scalars whose key contains ``bytes``. 0 without a vote.
+* `stepsize_trace`: for optimizers with a stepsize oracle (a transform with a ``stepsizes``
+  method), the step each param group took in the last step, ``opt.stepsizes()``
+  (``gamma * lr``), keyed ``"step[g]"`` (the mean over tensors under ``scope="tensor"``).
+  Otherwise the 0-d floating scalars that a transform whose name or key says step size
+  (``stepsize``, ``alias``, ``sos``, ``gamma``) keeps in ``opt.shared_state``, keyed
+  ``"<transform>.<key>"``. Empty for optimizers without an oracle.
+* `comm_bytes`: bytes a vote sent so far: a transform's ``stats["total_bytes_sent"]`` (the
+  `MajorityVote` accounting) or ``bytes_communicated`` (attribute or method), else the sum of
+  its shared scalars whose key contains ``bytes``. 0 without a vote.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ def _shared(opt: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
 
 def stepsize_trace(opt: torch.optim.Optimizer) -> dict[str, float]:
     out: dict[str, float] = {}
+    oracle = any(callable(getattr(t, "stepsizes", None)) for t in getattr(opt, "chain", []))
+    if oracle and callable(getattr(opt, "stepsizes", None)):
+        for gi, s in enumerate(opt.stepsizes()):  # type: ignore[attr-defined]
+            s = torch.as_tensor(s).detach().float()
+            out[f"step[{gi}]"] = float(s.mean()) if s.numel() else float("nan")
+        return out
     for name, d in _shared(opt).items():
         if name in ("rng", "nonfinite") or not isinstance(d, dict):
             continue
@@ -74,6 +83,10 @@ def comm_bytes(opt: torch.optim.Optimizer) -> int:
     total = 0
     shared = _shared(opt)
     for t in getattr(opt, "chain", []):
+        stats = getattr(t, "stats", None)
+        if isinstance(stats, dict) and "total_bytes_sent" in stats:
+            total += int(stats["total_bytes_sent"])
+            continue
         attr = getattr(t, "bytes_communicated", None)
         if attr is not None:
             value = attr() if callable(attr) else attr

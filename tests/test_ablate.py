@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import types
 
@@ -344,16 +343,10 @@ def test_cli_help_dry_run_and_print_default(capsys, tmp_path):
         assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_console_module_entry_point():
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run(
-        [sys.executable, "-m", "signify.cli", "ablate", "--help"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert proc.returncode == 0 and "usage: signify ablate" in proc.stdout
+def test_console_script_points_at_main():
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    assert 'signify = "signify.cli:main"' in text
+    assert callable(main)
 
 
 def test_parallel_jobs_match_the_sequential_plan(tmp_path):

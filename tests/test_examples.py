@@ -30,13 +30,11 @@ def test_minimal():
     assert "SignAdam" in out and "step   10" in out
 
 
-def test_train_gpt_and_resume(tmp_path):
+def test_train_gpt(tmp_path):
     ckpt = str(tmp_path / "ckpt.pt")
     args = [sys.executable, str(EXAMPLES / "train_gpt.py"), "--tiny", "--stochastic"]
     out = _run([*args, "--steps", "3", "--ckpt", ckpt])
     assert "val" in out and "checkpoint written" in out
-    out = _run([*args, "--steps", "5", "--ckpt", ckpt])
-    assert "resumed from" in out and "step     5" in out
 
 
 def test_finetune_blocks():

@@ -56,6 +56,28 @@ def test_cli_spec_alternatives_tuples_and_none():
     assert plain.call(3e-3) == "torch.optim.AdamW(params, lr=0.003)"
 
 
+def test_option_tables_and_dotted_keys():
+    (a,) = parse_spec("Adam stochastic=true blocks=depth blocks.outside=own")
+    (b,) = from_dict(
+        {"optimizer": "Adam", "stochastic": True, "blocks": {"rule": "depth", "outside": "own"}}
+    )
+    assert (
+        a.options
+        == b.options
+        == {"stochastic": True, "blocks": {"rule": "depth", "outside": "own"}}
+    )
+    assert a.spec() == b.spec() and a.name == b.name
+    assert "blocks=signify.transforms.Blocks(rule='depth', outside='own')" in a.call(1e-3)
+    grid = parse_spec("SGD blocks=cyclic blocks.outside=never|own")
+    assert [v.options["blocks"]["outside"] for v in grid] == ["never", "own"]
+    made = parse_spec("SGD stepsize.class=collections:OrderedDict stepsize.a=1")[0]
+    from signify.ablate.variants import build_option
+
+    assert build_option("stepsize", made.options["stepsize"]) == {"a": 1}
+    with pytest.raises(ValueError, match="class"):
+        from_dict({"optimizer": "Adam", "vote": {"group": 1}})
+
+
 @pytest.mark.parametrize(
     "table, err",
     [

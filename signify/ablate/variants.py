@@ -9,6 +9,11 @@ them (the study then tunes it: see `signify.ablate.runner`).
 ``signify = false`` uses the optimizer unconverted (the torch baseline). A ``grid`` expands one
 variant into the Cartesian product of its axes, so a study toggles transforms without writing
 every combination out.
+
+A transform option may be a table instead of a name: ``blocks = {rule = "depth", outside =
+"own"}`` builds ``signify.transforms.Blocks(rule="depth", outside="own")``; for any option,
+``{class = "module:Class", ...}`` builds that class with the other keys. Dotted keys say the
+same (``blocks.outside = "own"`` in TOML or on the command line).
 """
 
 from __future__ import annotations
@@ -47,7 +52,13 @@ def _none(v: Any) -> Any:
     return None if isinstance(v, str) and v.lower() in _NONE else v
 
 
+#: The class a table value of an option builds when it names none.
+_TABLE_CLASS = {"blocks": "signify.transforms.blocks:Blocks"}
+
+
 def _fmt(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return "{" + ",".join(f"{k}={_fmt(x)}" for k, x in v.items()) + "}"
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, (list, tuple)):
@@ -93,7 +104,7 @@ class Variant:
         cls = self._class_expr()
         if self.plain or self.optimizer in _PRESETS:
             return f"{cls}(params{', ' + args if args else ''})"
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        opts = ", ".join(f"{k}={_option_expr(k, v)}" for k, v in self.options.items())
         head = f"signify.signify({cls}{', ' + opts if opts else ''})"
         return f"{head}(params{', ' + args if args else ''})"
 
@@ -138,13 +149,60 @@ class Variant:
             return cls(params, **kwargs, **self.options, **runtime)
         import signify
 
-        made = signify.signify(cls, **self.options, **runtime)
+        options = {k: build_option(k, v) for k, v in self.options.items()}
+        made = signify.signify(cls, **options, **runtime)
         return made(params, **kwargs)
+
+
+def _table_class(key: str, table: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    path = table.get("class", _TABLE_CLASS.get(key))
+    if not isinstance(path, str) or ":" not in path:
+        raise ValueError(
+            f"option {key!r} given as a table needs class = 'module:Class', got {dict(table)}"
+        )
+    return path, {k: v for k, v in table.items() if k != "class"}
+
+
+def build_option(key: str, value: Any) -> Any:
+    """An option's value for `signify()`: tables become transform objects."""
+    if not isinstance(value, Mapping):
+        return value
+    path, kwargs = _table_class(key, value)
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)(**kwargs)
+
+
+def _option_expr(key: str, value: Any) -> str:
+    if not isinstance(value, Mapping):
+        return repr(value)
+    path, kwargs = _table_class(key, value)
+    module, _, attr = path.partition(":")
+    module = "signify.transforms" if module.startswith("signify.transforms") else module
+    return f"{module}.{attr}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+def _set(table: dict[str, Any], key: str, value: Any) -> None:
+    """``table[key] = value`` with dotted keys (``blocks.outside``) as nested tables; a name
+    already there becomes the table's ``rule`` (``blocks=depth blocks.outside=own``)."""
+    head, dot, rest = key.partition(".")
+    if not dot:
+        if isinstance(table.get(key), dict) and not isinstance(value, Mapping):
+            table[key]["rule"] = value
+        else:
+            table[key] = value
+        return
+    current = table.get(head)
+    if not isinstance(current, dict):
+        current = {} if current is None else {"rule": current}
+        table[head] = current
+    _set(current, rest, value)
 
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
+    if isinstance(v, Mapping):
+        return {k: _jsonable(x) for k, x in sorted(v.items())}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     return repr(v)
@@ -208,17 +266,21 @@ def from_dict(table: Mapping[str, Any]) -> list[Variant]:
         raise TypeError(f"{where}: grid must be a table of lists")
     axes = []
     for key, values in grid.items():
-        if key in _META:
+        if key.partition(".")[0] in _META:
             raise ValueError(f"{where}: grid cannot vary {key!r} (lr is tuned by an lr list)")
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"{where}: grid.{key} must be a non-empty list")
         axes.append([(key, v) for v in values])
     out = []
     for combo in itertools.product(*axes) if axes else [()]:
-        fields = {k: v for k, v in table.items() if k != "grid"}
-        fields.update(dict(combo))
+        fields: dict[str, Any] = {}
+        for k, v in table.items():
+            if k != "grid":
+                _set(fields, k, dict(v) if isinstance(v, Mapping) else v)
+        for k, v in combo:
+            _set(fields, k, v)
         v = _one(fields, where)
-        if combo:
+        if combo and table.get("name"):  # auto names already spell the options out
             suffix = ", ".join(f"{k}={_fmt(x)}" for k, x in combo)
             v = dataclasses.replace(v, name=f"{v.name} [{suffix}]")
         out.append(v)
@@ -239,6 +301,9 @@ def _one(fields: Mapping[str, Any], where: str) -> Variant:
         if k in SIGNIFY_OPTIONS:
             if plain:
                 raise ValueError(f"{where}: {k!r} is a signify option but signify = false")
+            if isinstance(v, Mapping):
+                _table_class(k, v)  # a table must say what it builds
+                v = dict(v)
             if v is not None:
                 options[k] = v
         else:
@@ -279,7 +344,7 @@ def parse_spec(spec: str) -> list[Variant]:
     if not tokens or "=" in tokens[0]:
         raise ValueError(f"--variant {spec!r}: start with the optimizer name, e.g. 'Adam lr=1e-3'")
     table: dict[str, Any] = {"optimizer": tokens[0]}
-    grid: dict[str, list[Any]] = {}
+    grid: dict[str, Any] = {}
     for tok in tokens[1:]:
         key, eq, raw = tok.partition("=")
         if not eq or not key:
@@ -292,7 +357,7 @@ def parse_spec(spec: str) -> list[Variant]:
         elif len(alts) > 1:
             grid[key] = alts
         else:
-            table[key] = alts[0]
+            _set(table, key, alts[0])
     if grid:
         table["grid"] = grid
     return from_dict(table)

@@ -162,7 +162,16 @@ def summary_markdown(record: dict[str, Any], plots: list[str]) -> str:
         lines += ["", "## Plots", ""]
         lines += [f"![{p[:-4].replace('_', ' ')}]({p})" for p in plots]
     lines += ["", "## How each variant is built", ""]
-    lines += [f"- {v['name']}: `{v['call']}`" for v in variants]
+    for v in variants:
+        sched = v["spec"].get("schedule")
+        note = ""
+        if sched:
+            parts = [
+                f"lr schedule {sched[0]}" if sched[0] else "",
+                f"warmup {sched[1]:.0%}" if sched[1] is not None else "",
+            ]
+            note = f" ({', '.join(p for p in parts if p)})"
+        lines.append(f"- {v['name']}: `{v['call']}`{note}")
     lines += [
         "",
         "Per-run metrics: `runs/<variant>-lr<lr>-s<seed>-n<steps>-<hash>/metrics.jsonl` "

@@ -158,8 +158,9 @@ def _train(
     named = task.named_parameters()
     opt = variant.build(named, lr, seed=seed, compile=study.compile, device=device)
     result["stage"] = "train"
-    warm = int(study.warmup * study.steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(study.schedule, warm, study.steps))
+    schedule = variant.schedule or study.schedule
+    warm = int((study.warmup if variant.warmup is None else variant.warmup) * study.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, warm, study.steps))
     result["params"] = task.n_params
     result["unit"] = task.unit
     result["items_per_step"] = task.items_per_step

@@ -37,8 +37,8 @@ class Preset:
 
 
 GPT_PRESETS = {
-    # CPU demo: 4 layers, d=64, ~0.22M parameters; ~1k tokens per step.
-    "demo": Preset(dict(block_size=64, n_layer=4, n_head=4, n_embd=64), 16, 150, 4),
+    # CPU demo: 4 layers, d=32, context 32, ~60k parameters; 1k tokens per step.
+    "demo": Preset(dict(block_size=32, n_layer=4, n_head=4, n_embd=32), 32, 300, 4),
     "tiny": Preset(dict(block_size=64, n_layer=4, n_head=4, n_embd=128), 32, 300),
     "small": Preset(dict(block_size=128, n_layer=6, n_head=6, n_embd=192), 64, 2000, 20),
     "medium": Preset(dict(block_size=256, n_layer=12, n_head=12, n_embd=768), 32, 2000, 20),

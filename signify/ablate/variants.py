@@ -42,7 +42,7 @@ SIGNIFY_OPTIONS = (
     "compile_chunk",
 )
 #: Fields of a variant that are not optimizer arguments.
-_META = ("name", "optimizer", "signify", "lr", "grid")
+_META = ("name", "optimizer", "signify", "lr", "grid", "schedule", "warmup")
 #: Values that mean "this option off" (TOML has no null).
 _NONE = ("none", "off", "null")
 _PRESETS = ("Signum", "StoSignSGD", "SignAdamax")
@@ -76,6 +76,8 @@ class Variant:
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # constructor keywords
     lrs: tuple[float, ...] | None = None  # None: the class default (or an oracle's 1)
     plain: bool = False  # the optimizer itself, not converted
+    schedule: str | None = None  # overrides the study's lr schedule (e.g. oracles: constant)
+    warmup: float | None = None  # overrides the study's warmup fraction
 
     @property
     def tuned(self) -> bool:
@@ -88,12 +90,15 @@ class Variant:
 
     def spec(self) -> dict[str, Any]:
         """Everything that determines the runs, JSON-serialisable (hashed into run keys)."""
-        return {
+        out = {
             "optimizer": self.optimizer,
             "plain": self.plain,
             "options": {k: _jsonable(v) for k, v in sorted(self.options.items())},
             "kwargs": {k: _jsonable(v) for k, v in sorted(self.kwargs.items())},
         }
+        if self.schedule is not None or self.warmup is not None:
+            out["schedule"] = [self.schedule, self.warmup]
+        return out
 
     def call(self, lr: float | None = None) -> str:
         """The Python a user writes to build this optimizer (shown in the report)."""
@@ -320,7 +325,25 @@ def _one(fields: Mapping[str, Any], where: str) -> Variant:
         kwargs=kwargs,
         lrs=_lrs(fields.get("lr"), where),
         plain=plain,
+        schedule=_check_schedule(fields.get("schedule"), where),
+        warmup=_check_warmup(fields.get("warmup"), where),
     )
+
+
+def _check_schedule(v: Any, where: str) -> str | None:
+    from .config import SCHEDULES
+
+    if v is not None and v not in SCHEDULES:
+        raise ValueError(f"{where}: schedule must be one of {SCHEDULES}, got {v!r}")
+    return v  # type: ignore[no-any-return]
+
+
+def _check_warmup(v: Any, where: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+        raise ValueError(f"{where}: warmup must be a fraction in [0, 1), got {v!r}")
+    return float(v)
 
 
 def parse_value(text: str) -> Any:

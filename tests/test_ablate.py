@@ -88,6 +88,8 @@ def test_option_tables_and_dotted_keys():
         ({"optimizer": "Adam", "grid": {"stochastic": True}}, ValueError),
         ({"optimizer": "Adam", "grid": {"lr": [1e-3]}}, ValueError),
         ({"optimizer": 3}, TypeError),
+        ({"optimizer": "SGD", "schedule": "step"}, ValueError),
+        ({"optimizer": "SGD", "warmup": 2}, ValueError),
     ],
 )
 def test_bad_variants_fail_clearly(table, err):
@@ -182,6 +184,13 @@ def test_file_and_flags_override_in_order(tmp_path):
 def test_bad_study_values_name_the_field(field, value):
     with pytest.raises((ValueError, TypeError), match=field.split("_")[0]):
         StudyConfig(**{field: value}).resolved()
+
+
+def test_a_variant_may_keep_its_own_schedule():
+    (v,) = from_dict({"optimizer": "SGD", "stepsize": "alias", "schedule": "constant"})
+    (w,) = from_dict({"optimizer": "SGD", "stepsize": "alias"})
+    assert v.schedule == "constant" and v.warmup is None and "schedule" not in v.kwargs
+    assert v.spec() != w.spec() and "schedule" not in w.spec()
 
 
 def test_lr_schedules():

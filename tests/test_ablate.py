@@ -138,8 +138,9 @@ def test_embedded_default_is_the_issue_study():
     assert alias.options == {"stepsize": "alias"} and alias.lrs is None
     assert by_name["sign(Adam) stochastic + depth blocks"].options == {
         "stochastic": True,
-        "blocks": "depth",
+        "blocks": {"rule": "depth", "outside": "own"},
     }
+    assert alias.schedule == "constant" and study.schedule == "cosine"
     # Full-length tuning reuses the winner's run as the first seed's run.
     assert runner.plan_size(study, variants) == 6 * 3 + 6 * 1 + 2
     for task in tasks.TASKS:
@@ -298,7 +299,7 @@ def small_study(tmp_path, monkeypatch):
 
 def test_study_runs_tunes_reports_and_resumes(small_study):
     study, variants = small_study
-    record = run_study(study, variants, progress=False)
+    record = run_study(study, variants, progress=False, jobs=1)
     out = study.out and __import__("pathlib").Path(study.out)
     by = {v["name"]: v for v in record["variants"]}
     # Tuning: both lrs ran on the first seed; the winner has the lower final val loss and its
@@ -329,7 +330,7 @@ def test_study_runs_tunes_reports_and_resumes(small_study):
         assert f"]({name})" in text
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
     # Resume: nothing finished is redone; only the failed variant is retried.
-    again = run_study(study, variants, progress=False, plots=False)
+    again = run_study(study, variants, progress=False, plots=False, jobs=1)
     assert again["runs_computed"] == 1
     for p, t in stamps.items():
         if "missing" not in p.parent.name:
@@ -341,6 +342,7 @@ def test_study_runs_tunes_reports_and_resumes(small_study):
         variants[:1],
         progress=False,
         plots=False,
+        jobs=1,
     )
     assert more["runs_computed"] == 2
 

@@ -138,16 +138,18 @@ def study_from_table(table: Mapping[str, Any], base: StudyConfig | None = None) 
 
 # ------------------------------------------------------------------------------ defaults
 _GPT_DEFAULT = """
-# The embedded default study: a character-level GPT on the Python docs text.
+# The embedded default study: a character-level GPT on the Python docs text, 2 seeds.
 [study]
 task = "gpt"
 seeds = [0, 1]
+schedule = "cosine"
+warmup = 0.1
 
 [[variant]]
 name = "AdamW (torch)"
 optimizer = "AdamW"
 signify = false
-lr = [1e-3, 3e-3, 1e-2]
+lr = [3e-3, 1e-2, 3e-2]
 
 [[variant]]
 name = "Signum"
@@ -163,24 +165,28 @@ lr = [3e-4, 1e-3, 3e-3]
 name = "sign(Adam) stochastic"
 optimizer = "Adam"
 stochastic = true
-lr = [3e-4, 1e-3, 3e-3]
+lr = [1e-3, 3e-3, 1e-2]
 
 [[variant]]
 name = "StoSignSGD"
 optimizer = "StoSignSGD"
-lr = [3e-4, 1e-3, 3e-3]
+lr = [3e-3, 1e-2, 3e-2]
 
 [[variant]]
 name = "ALIAS (sign SGD-m)"
 optimizer = "SGD"
 momentum = 0.9
-stepsize = "alias"
+stepsize = "alias"      # parameter-free: no lr grid (lr is a multiplier, 1)
+schedule = "constant"   # a warmup would shrink the steps its estimate is made from
+warmup = 0.0
 
 [[variant]]
 name = "sign(Adam) stochastic + depth blocks"
 optimizer = "Adam"
 stochastic = true
-blocks = "depth"
+# ABSignSGD's schedule over the 4 layers; from scratch the embeddings and head must train
+# too: "own" makes them blocks of their own (the default "never" is for fine-tuning).
+blocks = { rule = "depth", outside = "own" }
 lr = [1e-3, 3e-3, 1e-2]
 """
 

@@ -85,8 +85,10 @@ def summary_markdown(record: dict[str, Any], plots: list[str]) -> str:
     lines.append("Setup: " + ", ".join(f for f in facts if f) + ".")
     machine = env.get("gpu") or f"{env['cpu']}, {env['cpu_count']} cores"
     lines.append(
-        f"Machine: {machine}; torch {env['torch']}, {env['torch_threads']} threads, "
-        f"Python {env['python']}. This invocation: {record['wall_time_s']:.0f} s wall time, "
+        f"Machine: {machine}; torch {env['torch']}, "
+        f"Python {env['python']}; {record.get('jobs', 1)} run(s) at a time with "
+        f"{record.get('threads_per_run', env['torch_threads'])} thread(s) each. "
+        f"This invocation: {record['wall_time_s']:.0f} s wall time, "
         f"{record['runs_computed']} runs computed (the others read back from `runs/`)."
     )
     lines += ["", "## Results", ""]

@@ -81,13 +81,17 @@ def run_study(
     progress: bool = True,
     fresh: bool = False,
     plots: bool = True,
-    jobs: int = 1,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run every variant (tuning lrs, then all seeds), write ``study.json``, ``summary.md`` and
     the plots under ``study.out``; return the study record.
 
     ``jobs > 1`` runs that many variants at once in worker processes, each with
-    ``cpu_count // jobs`` torch threads (per-run timings then share the machine)."""
+    ``cpus // jobs`` torch threads (per-run timings then share the machine). ``None``: one
+    variant per CPU on a CPU device (small models run fastest single-threaded side by side),
+    one at a time on a GPU."""
+    if jobs is None:
+        jobs = 1 if study.device.startswith("cuda") else max(1, min(len(variants), _cpus()))
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     study = study.resolved()
@@ -136,11 +140,23 @@ def run_study(
         "wall_time_s": time.perf_counter() - start,
         "runs_computed": computed,
         "jobs": jobs,
+        "threads_per_run": torch.get_num_threads() if jobs == 1 else _threads(jobs),
         "variants": [_outcome_record(o) for o in outcomes],
     }
     (out / "study.json").write_text(json.dumps(record, indent=1, default=str))
     report.write(out, record, plots=plots)
     return record
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _threads(jobs: int) -> int:
+    return max(1, _cpus() // jobs)
 
 
 def _init_worker(threads: int) -> None:
@@ -170,7 +186,7 @@ def _run_parallel(
 ) -> tuple[list[VariantOutcome], int]:
     """One variant per worker process at a time (a variant's tuning decides its seed runs)."""
     ctx = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = _threads(jobs)
     computed = 0
     with ctx.Manager() as manager:
         queue = manager.Queue()

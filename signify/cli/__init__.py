@@ -89,8 +89,9 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--jobs",
         type=int,
-        default=1,
-        help="variants run at once in worker processes (default 1: clean timings)",
+        default=None,
+        help="variants run at once in worker processes, single-threaded (default: one per "
+        "CPU core on a CPU, 1 on a GPU; --jobs 1 gives timings of a whole machine)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster on a busy machine)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/ablate/TASK-PRESET)")

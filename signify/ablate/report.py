@@ -281,16 +281,25 @@ def make_plots(out: pathlib.Path, record: dict[str, Any]) -> list[str]:
                     ls=("-", "--", ":", "-.")[j % 4],
                     label=f"{v['name']}: {k}",
                 )
+        oracles = {v["name"] for _, v, _ in traced}
         for i, v in enumerate(variants):
-            if v["lr"] is not None and not v["spec"]["plain"] and v["lrs"] and len(v["lrs"]) > 1:
-                ax.axhline(
-                    v["lr"], color=colors(i % 10), lw=0.8, alpha=0.6, label=f"{v['name']}: tuned lr"
+            if v["name"] in oracles or v["spec"]["plain"] or not (v["lrs"] and len(v["lrs"]) > 1):
+                continue
+            run = next((r for r in v["runs"] if r["status"] != "error"), None)
+            rows = _load_rows(out, run["folder"]) if run else []
+            pts = [(row["step"], row["lr"]) for row in rows if "lr" in row]
+            if pts:
+                ax.plot(
+                    *zip(*pts),
+                    color=colors(i % 10),
+                    lw=0.8,
+                    alpha=0.7,
+                    label=f"{v['name']}: tuned lr (scheduled)",
                 )
-        ax.set_yscale("log")
-        style(ax, "step", "step size (first seed)")
+        style(ax, "step", "step size per coordinate (first seed)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-        ax.set_title("Stepsize traces (oracles) and tuned constant steps")
+        ax.set_title("Stepsize of oracles against the tuned (scheduled) sign steps")
         fig.tight_layout()
         fig.savefig(out / "stepsize.png", dpi=110)
         plt.close(fig)

@@ -21,7 +21,7 @@ variants on the command line (repeat --variant; they replace the default list):
   name="..."                the row's name in the report
 
 examples:
-  signify ablate                                   # the default study, ~5 min on 2 CPU cores
+  signify ablate                                   # the default study, under 4 min on 2 CPU cores
   signify ablate --device cuda                     # the same study at GPU size (preset small)
   signify ablate --device cuda --preset 350m --steps 500
   signify ablate --task logreg                     # ALIAS vs a tuned sign-descent grid

@@ -3,7 +3,7 @@
     python examples/train_gpt.py                          # tiny model, CPU, ~1 min
     python examples/train_gpt.py --tiny --steps 5         # the CI smoke size
     python examples/train_gpt.py --device cuda --preset small --steps 2000 --compile
-    python examples/train_gpt.py --base Adam --stochastic --blocks depth
+    python examples/train_gpt.py --base Adam --stochastic --blocks depth --blocks-outside own
     python examples/train_gpt.py --base SGD --momentum 0.9 --stepsize alias
     python examples/train_gpt.py --base AdamW --no-sign           # the torch baseline
 
@@ -39,6 +39,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-sign", action="store_true", help="train with the base itself")
     p.add_argument("--stochastic", action="store_true", help="StoSignSGD's unbiased sign")
     p.add_argument("--blocks", default=None, help='block schedule, e.g. "depth" (ABSignSGD)')
+    p.add_argument(
+        "--blocks-outside",
+        default=None,
+        choices=["never", "always", "own"],
+        help="embeddings/head under --blocks (default never: fine-tuning; own: from scratch)",
+    )
     p.add_argument("--stepsize", default=None, help='stepsize oracle, e.g. "alias"')
     p.add_argument("--lr", type=float, default=None, help="lr (a multiplier with --stepsize)")
     p.add_argument("--momentum", type=float, default=0.9, help="for --base SGD")
@@ -68,10 +74,15 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
     if args.no_sign:
         plain = [{**g, "params": [p for _, p in g["params"]]} for g in groups]
         return base(plain, lr=args.lr or 1e-3, **extra)
+    blocks = args.blocks
+    if blocks is not None and args.blocks_outside is not None:
+        from signify.transforms import Blocks
+
+        blocks = Blocks(blocks, outside=args.blocks_outside)
     cls = signify.signify(
         base,
         stochastic=args.stochastic,
-        blocks=args.blocks,
+        blocks=blocks,
         stepsize=args.stepsize,
         seed=args.seed,
         compile=args.compile or None,
@@ -94,6 +105,8 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else max(1, args.steps // 20)
 
     def lr_lambda(t: int) -> float:
+        if args.stepsize:  # an oracle picks the step; a warmup would skew its estimate
+            return 1.0
         if t < warmup:
             return (t + 1) / warmup
         progress = min(1.0, (t - warmup) / max(1, args.steps - warmup))

@@ -26,7 +26,8 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/python examples/compare.py
+	$(BIN)/signify ablate --out runs/ablate/gpt-demo
+	@echo "Report: runs/ablate/gpt-demo/summary.md (plots: runs/ablate/gpt-demo/*.png)"
 
 docs: install
 	$(BIN)/mkdocs build --strict

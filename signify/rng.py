@@ -106,18 +106,18 @@ def stochastic_round(value: Tensor, dtype: torch.dtype, bits: Tensor) -> Tensor:
     """Round float32 ``value`` to ``dtype`` without bias: E[result] = value.
 
     For bfloat16 the low 16 bits of the float32 pattern are dropped after adding 16 random
-    bits, so the value rounds up with probability equal to the dropped fraction (Gupta et al.
-    2015). Other low-precision types use round-to-nearest.
+    bits, so the value rounds away from zero with probability equal to the dropped fraction
+    (Gupta et al. 2015). The arithmetic is on the signed int32 view of the pattern: for a
+    finite value ``pattern + r`` stays inside int32 (the magnitude bits of the largest finite
+    float32 plus 0xFFFF is below 2**31), so it is exact under every backend. Other
+    low-precision types use round-to-nearest.
     """
     if dtype == torch.bfloat16:
         v = value.to(torch.float32)
-        pattern = v.view(torch.int32).to(torch.int64)
-        pattern = (pattern + (bits & 0xFFFF)) & ~0xFFFF
-        # Re-wrap to the signed int32 range before reinterpreting the bits.
-        pattern = torch.where(pattern >= 2**31, pattern - 2**32, pattern)
-        rounded = pattern.to(torch.int32).view(torch.float32)
-        # Keep non-finite values (and values that would round past the largest finite
-        # bfloat16) on the deterministic path.
-        rounded = torch.where(torch.isfinite(rounded), rounded, v)
-        return rounded.to(dtype)
+        noise = (bits & 0xFFFF).to(torch.int32)
+        rounded = ((v.view(torch.int32) + noise) & -0x10000).view(torch.float32)
+        # Non-finite values, and finite ones that would round past the largest finite
+        # bfloat16, take the deterministic path (round-to-nearest keeps NaN and inf).
+        keep = torch.isfinite(v) & torch.isfinite(rounded)
+        return torch.where(keep, rounded, v).to(dtype)
     return value.to(dtype)

@@ -131,7 +131,7 @@ def _dim_order(t: Tensor) -> list[int] | None:
     is contiguous); raises for tensors that do not cover a dense block of memory."""
     if t.is_contiguous():
         return None
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d)))
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -int(t.shape[d])))
     if not t.permute(order).is_contiguous():
         raise ValueError(
             "signify steps dense parameters only (contiguous, or a permutation of a "
@@ -166,8 +166,11 @@ class Executor:
         self.compile = compile
         self.chunk = chunk
         self.nonfinite = nonfinite
-        #: "rows" or "flat" (see the module docstring); read once, from SIGNIFY_LAYOUT
-        self.layout = compiled.env_option("SIGNIFY_LAYOUT", "rows", compiled.LAYOUTS)
+        #: "rows" or "flat" (see the module docstring), from SIGNIFY_LAYOUT; the default is
+        #: rows when compiling and flat in eager mode, where the 2-D views would buy nothing
+        self.layout = compiled.env_option(
+            "SIGNIFY_LAYOUT", "rows" if compile else "flat", compiled.LAYOUTS
+        )
         #: how the non-finite check reads the gradients when no transform has a prepass:
         #: "foreach" (torch's multi-tensor L1 norm, a few launches for all tensors) or
         #: "graph" (inside the compiled prepass, one reduction per tensor)
@@ -300,9 +303,7 @@ class Executor:
                     offset = 0
                     for n in sizes:
                         cps = lane_ps[offset : offset + n]
-                        chunks.append(
-                            self._chunk(gi, cps, key_lists, static, device, as_rows)
-                        )
+                        chunks.append(self._chunk(gi, cps, key_lists, static, device, as_rows))
                         chunks[-1].keys = step_keys[start : start + n]
                         offset += n
                         start += n
@@ -323,7 +324,9 @@ class Executor:
     ) -> Chunk:
         opt = self.opt
         orders = [_dim_order(p) for p in cps]
-        shapes = [(p.numel() // compiled.ROW, compiled.ROW) if rows else (-1,) for p in cps]
+        shapes: list[tuple[int, ...]] = [
+            (p.numel() // compiled.ROW, compiled.ROW) if rows else (-1,) for p in cps
+        ]
         states: list[State] = []
         for t, keys in zip(self.chain, key_lists):
             st: State = {}
@@ -422,7 +425,9 @@ class Executor:
                 hk = (c.group_index, c.device)
                 hyper = hypers.get(hk)
                 if hyper is None:
-                    hyper = hypers[hk] = self.hyper.get(c.group_index, groups[c.group_index], c.device)
+                    hyper = hypers[hk] = self.hyper.get(
+                        c.group_index, groups[c.group_index], c.device
+                    )
                 grads = [
                     _view(p.grad, o, s)  # type: ignore[arg-type]
                     for p, o, s in zip(c.params, c.orders, c.shapes)

@@ -131,7 +131,8 @@ def _dim_order(t: Tensor) -> list[int] | None:
     is contiguous); raises for tensors that do not cover a dense block of memory."""
     if t.is_contiguous():
         return None
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -int(t.shape[d])))
+    strides, sizes = t.stride(), t.shape
+    order = sorted(range(t.dim()), key=lambda d: (-strides[d], -sizes[d]))
     if not t.permute(order).is_contiguous():
         raise ValueError(
             "signify steps dense parameters only (contiguous, or a permutation of a "

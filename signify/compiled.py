@@ -12,11 +12,10 @@ Three graph bodies, each built per (chain segment, static settings of a param gr
 `compile_fn` compiles one of them with ``dynamic=True`` from a fresh code object, so that
 no two optimizers (or variants) share dynamo's recompile budget.
 
-Layouts. The executor hands each graph 1-D views, or 2-D ``[n / ROW, ROW]`` views of
-tensors whose size is a multiple of ``ROW`` ("rows" layout). The graphs flatten the 2-D
-views first thing, so transforms always see 1-D tensors, but the compiler then knows that
-every size is a multiple of ``ROW``: Triton can issue 16-byte vector loads without a
-per-element bound check on the tail, which it cannot prove for a bare dynamic size.
+Layouts. The executor hands each graph 1-D tensors. In a "rows" chunk every size is a
+multiple of ``ROW``, and the graph says so first thing (`_rows`), so that Triton can issue
+16-byte vector loads without a per-element bound check on the tail, which it cannot prove
+for a bare dynamic size.
 """
 
 from __future__ import annotations
@@ -68,30 +67,30 @@ def no_duck_shapes() -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
 
-def _flatten(xs: list[Tensor]) -> list[Tensor]:
-    return [x.view(-1) for x in xs]
-
-
-def _flatten_states(states: list[dict[str, list[Tensor]]], flat_keys: list[tuple[str, ...]]):  # type: ignore[no-untyped-def]
-    return [
-        {k: (_flatten(v) if k in keys else v) for k, v in st.items()}
-        for st, keys in zip(states, flat_keys)
-    ]
+def _rows(xs: list[Tensor]) -> None:
+    """Tell the compiler that every size is a multiple of ROW: a branch on it makes dynamo
+    guard ``n % 16 == 0``, which the shape environment records as a divisibility fact that
+    inductor reads (``statically_known_multiple_of``). A view or a slice carrying the same
+    fact (``x.view(-1, 16)``, ``x.narrow(0, 0, 16 * (n // 16))``) also works, but splits the
+    fused update into several kernels (measured on an H100: 3 kernels per tensor, 35% of
+    copy bandwidth)."""
+    for x in xs:
+        if x.shape[0] % ROW:
+            raise ValueError("a rows chunk holds a tensor whose size is not a multiple of 16")
 
 
 def make_prepare(
     chain: list[Transform],
-    static: dict[str, Any],
+    static_items: Sequence[tuple[str, Any]],
     check_finite: bool,
-    flat_keys: list[tuple[str, ...]],
     rows: bool,
 ) -> Callable[..., None]:
     users = [i for i, t in enumerate(chain) if t.has_prepare]
+    static = dict(static_items)
 
     def signify_prepare(params, grads, states, hyper, keys, shared, bad):  # type: ignore[no-untyped-def]
         if rows:
-            params, grads = _flatten(params), _flatten(grads)
-            states = _flatten_states(states, flat_keys)
+            _rows(params)
         if check_finite:
             for g in grads:
                 bad.add_((~torch.isfinite(g)).sum())
@@ -107,14 +106,14 @@ def make_segment(
     chain: list[Transform],
     start: int,
     end: int,
-    static: dict[str, Any],
-    flat_keys: list[tuple[str, ...]],
+    static_items: Sequence[tuple[str, Any]],
     rows: bool,
 ) -> Callable[..., None]:
+    static = dict(static_items)
+
     def signify_segment(params, grads, states, hyper, keys, ok, shared):  # type: ignore[no-untyped-def]
         if rows:
-            params, grads = _flatten(params), _flatten(grads)
-            states = _flatten_states(states, flat_keys)
+            _rows(params)
         ctx = StepContext(hyper, static, keys, ok, shared)
         u = Update(params=params, grads=grads, lr=hyper["lr"])
         for i, t in enumerate(chain):

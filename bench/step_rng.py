@@ -79,9 +79,9 @@ def _kernel(noise: str, sr: str) -> Callable[..., None]:
 
 
 def check_i32(device: torch.device) -> bool:
-    """The int32 hash gives signify's bits exactly (eager here)."""
+    """This file's int32 hash gives signify's bits exactly (eager here)."""
     key = torch.tensor(rng.tensor_key(3) ^ 0x9E3779B9, dtype=torch.int64, device=device)
-    a = rng.random_bits(key, 1 << 16, device, 5)
+    a = rng.random_bits(key, 1 << 16, device, 5).to(torch.int64) & rng.MASK32
     b = random_bits_i32(key, 1 << 16, device, 5).to(torch.int64) & rng.MASK32
     return bool(torch.equal(a, b))
 

@@ -131,9 +131,10 @@ def make_segment(
 
 
 def make_bookkeeping(check: str | None, rank: int) -> Callable[..., Tensor | None]:
-    """The step's scalar work. ``check``: None (no check: every step counts), "graph"
-    (``bad`` counts non-finite gradient entries) or "foreach" (``bad`` holds per-tensor
-    L1 norms of the gradients, non-finite iff a gradient is)."""
+    """The step's scalar work; per-tensor keys are written as int32 (`signify.rng`).
+    ``check``: None (no check: every step counts), "graph" (``bad`` counts non-finite
+    gradient entries) or "foreach" (``bad`` holds per-tensor L1 norms of the gradients,
+    non-finite iff a gradient is)."""
 
     def signify_bookkeeping(bad, seed, counter, skipped, tensor_keys, step_keys):  # type: ignore[no-untyped-def]
         ok = None
@@ -145,7 +146,7 @@ def make_bookkeeping(check: str | None, rank: int) -> Callable[..., Tensor | Non
             skipped.add_((~ok).to(skipped.dtype))
         key = rng.step_key(seed, counter, rank)
         for tk, sk in zip(tensor_keys, step_keys):
-            sk.copy_(rng.mix32(tk ^ key))
+            sk.copy_(rng.to_i32(rng.mix32(tk ^ key)))
         return ok
 
     return signify_bookkeeping

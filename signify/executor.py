@@ -257,7 +257,7 @@ class Executor:
             keys += [rng.tensor_key(position[p]) for p in cps]
             keys += [rng.tensor_key(len(position) + len(keys) + i) for i in range(padding)]
         tensor_keys = torch.tensor(keys, dtype=torch.int64, device=device)
-        step_keys = torch.zeros_like(tensor_keys)
+        step_keys = torch.zeros_like(tensor_keys, dtype=torch.int32)
         chunks, start = [], 0
         for cps, padding, as_rows in pieces:
             c = self._chunk(gi, group, cps, padding, key_lists, static, device, as_rows)
@@ -470,7 +470,7 @@ class Executor:
         for b in plan.buckets:
             if b.device != device:  # other devices: the same keys, eagerly
                 key = rng.step_key(state["seed"], state["counter"], self.rank).to(b.device)
-                b.step_keys.copy_(rng.mix32(b.tensor_keys ^ key))
+                b.step_keys.copy_(rng.to_i32(rng.mix32(b.tensor_keys ^ key)))
         return ok  # type: ignore[no-any-return]
 
 

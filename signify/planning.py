@@ -91,7 +91,7 @@ class Chunk:
 class Bucket:
     device: torch.device
     tensor_keys: Tensor  # int64 [n], one per tensor (global position; padding after)
-    step_keys: Tensor  # int64 [n], refreshed each step
+    step_keys: Tensor  # int32 [n] (the low 32 bits of the keys), refreshed each step
     chunks: list[Chunk]
 
 

@@ -94,25 +94,34 @@ def mix32_i32(x: Tensor) -> Tensor:
     return ((x >> 16) & 0xFFFF) ^ x
 
 
-def _to_i32(x: Tensor) -> Tensor:
+def to_i32(x: Tensor) -> Tensor:
     """An int64 tensor in [0, 2**32) as int32 with the same 32 bits."""
     return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
+
+
+def _signed(c: int) -> int:
+    """A 32-bit constant as the int32 value with the same bits."""
+    c &= MASK32
+    return c - 2**32 if c >= 2**31 else c
 
 
 def random_bits(key: Tensor, n: int, device: torch.device, stream: int) -> Tensor:
     """32 random bits per element as an int32 tensor (the signed view of the bits).
 
-    ``key`` is the 0-d int64 key of (step, tensor); ``stream`` a constant from
-    `stream_constant`. Element ``i`` gets ``mix32(mix32(i ^ k1) ^ k2)``, ``k1`` and ``k2``
-    derived from key and stream.
+    ``key`` is the 0-d key of (step, tensor): int32 as the executor hands it to transforms
+    (the low 32 bits of the int64 key, ``signify.rng.to_i32``), or int64 in [0, 2**32).
+    ``stream`` is a constant from `stream_constant`. Element ``i`` gets
+    ``mix32(mix32(i ^ k1) ^ k2)`` with ``k1 = key ^ stream`` and ``k2`` derived from ``k1``;
+    all of it int32, so that no per-element int64 work is left in a fused kernel.
     """
     if n >= 2**31:
         raise ValueError(f"random_bits draws at most 2**31 - 1 values per tensor, got {n}")
+    if key.dtype != torch.int32:
+        key = to_i32(key & MASK32)
     idx = torch.arange(n, device=device, dtype=torch.int32)
-    k1 = (key ^ stream) & MASK32
-    k2 = ((k1 * 0x2C1B3C6D) & MASK32) ^ 0x297A2D39
-    x = mix32_i32(idx ^ _to_i32(k1))
-    return mix32_i32(x ^ _to_i32(k2))
+    k1 = key ^ _signed(stream)
+    k2 = (k1 * 0x2C1B3C6D) ^ 0x297A2D39
+    return mix32_i32(mix32_i32(idx ^ k1) ^ k2)
 
 
 def uniform_pm1(bits: Tensor) -> Tensor:

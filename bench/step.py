@@ -94,6 +94,7 @@ def rows() -> dict[str, Callable[..., Any]]:
         "SignAdamax deterministic": _signify_row(S(torch.optim.Adamax)),
         "SignSGD momentum": _signify_row(S(torch.optim.SGD), momentum=0.9),
         "SignRMSprop stochastic": _signify_row(S(torch.optim.RMSprop, stochastic=True)),
+        "SignAdagrad stochastic": _signify_row(S(torch.optim.Adagrad, stochastic=True)),
     }
     return out
 
@@ -241,6 +242,12 @@ def check(device: torch.device, steps: int = 6) -> list[dict[str, Any]]:
         ("SignAdam stochastic", S(torch.optim.Adam, stochastic=True), {}, torch.float32),
         ("SignAdamW deterministic", S(torch.optim.AdamW), {"weight_decay": 0.1}, torch.float32),
         ("SignAdam stochastic bf16", S(torch.optim.Adam, stochastic=True), {}, torch.bfloat16),
+        (
+            "SignAdamax stochastic (traced)",
+            S(torch.optim.Adamax, stochastic=True),
+            {},
+            torch.float32,
+        ),
     ]
     shapes = [(256, 64), (64,), (3, 7), (1024,), (96, 32)]
     out = []
@@ -326,7 +333,10 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--rows", default=None, help="comma list of row names (default: all)")
     ap.add_argument("--chunk", type=int, default=8, help="compile_chunk of the main table")
-    ap.add_argument("--chunks", default="4,16,32", help="extra chunk sizes for the sweep")
+    ap.add_argument("--chunks", default="4,16", help="extra chunk sizes for the sweep")
+    ap.add_argument(
+        "--cold-chunks", default=None, help="chunk sizes of the cold/warm probe (default: --chunk)"
+    )
     ap.add_argument("--no-variants", action="store_true", help="skip layout/check/combo rows")
     ap.add_argument("--no-rng", action="store_true", help="skip the noise micro-benchmark")
     ap.add_argument("--no-check", action="store_true", help="skip compiled-vs-eager checks")
@@ -396,8 +406,11 @@ def main() -> None:
     if args.cpu and not args.compile:  # the rest compiles: not in the eager smoke test
         args.no_cold = args.no_rng = True
     if not args.no_cold:
-        extra["compile"] = cold_warm(args, big, "SignAdam stochastic")
-        print(json.dumps(extra["compile"]), flush=True)
+        extra["compile"] = []
+        for c in (args.cold_chunks or str(args.chunk)).split(","):
+            args.chunk = int(c)
+            extra["compile"].append(cold_warm(args, big, "SignAdam stochastic"))
+            print(json.dumps(extra["compile"][-1]), flush=True)
     if not args.no_rng:
         from bench import step_rng
 
@@ -421,8 +434,7 @@ def main() -> None:
     if "rng" in extra:
         print("\nnoise inside one compiled kernel (134M elements):")
         print(common.table(extra["rng"], ["kernel", "B_param", "ms", "pct_copy"]))
-    if "compile" in extra:
-        c = extra["compile"]
+    for c in extra.get("compile", []):
         cold, warm = c.get("cold_s", float("nan")), c.get("warm_s", float("nan"))
         print(f"\ncompile {c['row']} {c['workload']} chunk={c['chunk']}: ", end="")
         print(f"cold {cold:.1f} s, warm {warm:.1f} s")

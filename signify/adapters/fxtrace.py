@@ -256,36 +256,43 @@ _PASS = {aten.clone.default, aten.alias.default}
 def _decompose(p: fx.Node, node: Any) -> tuple[list[Any], list[tuple[str, tuple[Any, ...]]]]:
     """``node = C * p + sum(terms)``: the factors of C, and the terms, each read off an op
     applied to the chain of values that starts at ``p``."""
-    if node is p:
-        return [], []
-    if not isinstance(node, fx.Node) or not node.args:
-        raise Untraceable(f"unsupported parameter write: {node}")
-    t = node.target
-    if t in _PASS:
-        return _decompose(p, node.args[0])
-    if t not in _CHAIN:
-        raise Untraceable(f"unsupported op on the parameter: {t}")
-    args = list(node.args)
-    if t in (aten.mul.Tensor, aten.add.Tensor) and "alpha" not in node.kwargs:
-        if not _reads(args[0], p) and _reads(args[1], p):
-            args = [args[1], args[0]]  # p's chain on the right of a commutative op
-    x = args[0]
-    if not isinstance(x, fx.Node) or not _reads(x, p):
-        raise Untraceable("the parameter's new value is not computed from the parameter")
-    inner = _ancestors([x]) - {p}
-    chain = {n for n in inner if p in _ancestors([n])}  # updated values of the parameter
-    for o in [*args[1:], *node.kwargs.values()]:
-        if isinstance(o, fx.Node) and (_ancestors([o]) & chain or o in chain):
-            raise Untraceable("a term of the update reads the partly updated parameter")
-    factors, terms = _decompose(p, x)
-    if t is aten.mul.Tensor:
-        f = args[1]
-        return [*factors, f], [("scaled", (f, kind, a)) for kind, a in terms]
-    if t in (aten.add.Tensor, aten.sub.Tensor):
-        sign = 1 if t is aten.add.Tensor else -1
-        return factors, [*terms, ("add", (args[1], node.kwargs.get("alpha", 1), sign))]
-    kind = "addcdiv" if t is aten.addcdiv.default else "addcmul"
-    return factors, [*terms, (kind, (args[1], args[2], node.kwargs.get("value", 1)))]
+    factors: list[Any] = []
+    terms: list[tuple[str, tuple[Any, ...]]] = []
+    chain: list[fx.Node] = []  # the parameter's successive values, last first
+    ops = []
+    while node is not p:
+        if not isinstance(node, fx.Node) or not node.args:
+            raise Untraceable(f"unsupported parameter write: {node}")
+        t = node.target
+        chain.append(node)
+        if t in _PASS:
+            node = node.args[0]
+            continue
+        if t not in _CHAIN:
+            raise Untraceable(f"unsupported op on the parameter: {t}")
+        args = list(node.args)
+        if t in (aten.mul.Tensor, aten.add.Tensor) and "alpha" not in node.kwargs:
+            if not _reads(args[0], p) and _reads(args[1], p):
+                args = [args[1], args[0]]  # p's chain on the right of a commutative op
+        if not isinstance(args[0], fx.Node) or not _reads(args[0], p):
+            raise Untraceable("the parameter's new value is not computed from the parameter")
+        ops.append((t, args, node.kwargs))
+        node = args[0]
+    on_chain = set(chain)
+    for t, args, kwargs in reversed(ops):  # from the first write to the last
+        for o in [*args[1:], *kwargs.values()]:
+            if isinstance(o, fx.Node) and (o in on_chain or _ancestors([o]) & on_chain):
+                raise Untraceable("a term of the update reads the partly updated parameter")
+        if t is aten.mul.Tensor:
+            factors.append(args[1])
+            terms = [("scaled", (args[1], kind, a)) for kind, a in terms]
+        elif t in (aten.add.Tensor, aten.sub.Tensor):
+            sign = 1 if t is aten.add.Tensor else -1
+            terms.append(("add", (args[1], kwargs.get("alpha", 1), sign)))
+        else:
+            kind = "addcdiv" if t is aten.addcdiv.default else "addcmul"
+            terms.append((kind, (args[1], args[2], kwargs.get("value", 1))))
+    return factors, terms
 
 
 def _reads(x: Any, p: fx.Node) -> bool:

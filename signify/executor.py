@@ -4,126 +4,63 @@ One step is at most three kinds of pass, each over *chunks* of parameters:
 
 1. a prepass, only when needed: the non-finite check of the gradients and the global
    reductions of transforms that ask for them (``prepare``, e.g. ALIAS's norms);
-2. host-side scalar work: ``finalize`` (turn reductions into a stepsize), the step counters
-   and the random-stream keys, all as 0-d device tensors (no host sync);
+2. scalar work on the device: the ok flag, the step counters and the random-stream keys
+   (one small graph, `signify.compiled.make_bookkeeping`), then ``finalize`` hooks (turn
+   reductions into a stepsize), all as 0-d device tensors: no host sync;
 3. the elementwise pass, split in segments around barrier transforms (a collective such as
    the majority vote sits between two segments).
 
 Compiled layout. Each pass is one function of a *chunk*, a list of up to ``chunk`` 1-D
-tensors, compiled with ``dynamic=True`` so one graph serves every chunk of the same length
-whatever the tensor sizes: compile cost does not grow with the number of tensors. Chunk
-lengths are powers of two (a bucket of 11 tensors runs as 8 + 2 + 1), so at most
-``log2(chunk) + 1`` graphs exist per pass. Each graph is compiled from its own code object so
+tensors of one param group, dtype and device, compiled with ``dynamic=True``: one graph
+serves every chunk of the same length whatever the tensor sizes, so compile cost does not
+grow with the number of tensors. A chain without cross-tensor work (no ``prepare``, ``plan``
+or barrier) pads a bucket's last chunk with tiny zero tensors to the full length: then one
+graph per pass serves the whole model. Other chains cut the rest in powers of two (a bucket
+of 11 tensors runs as 8 + 2 + 1). Tensors whose sizes are multiples of
+`signify.compiled.ROW` form their own chunks ("rows" layout, the default when compiling), in
+which the graph tells the compiler so: Triton then issues 16-byte vector loads.
+``SIGNIFY_LAYOUT=flat`` turns that off. Each graph is compiled from its own code object so
 that no two optimizers (or variants) share dynamo's recompile budget. Every per-step scalar
-(lr, step counters, bias corrections, random keys) is a device tensor: a scheduler changing lr
-every step causes no recompile, and ``step()`` never synchronises with the device.
+(lr, step counters, bias corrections, random keys) is a device tensor: a scheduler changing
+lr every step causes no recompile.
+
+Host work. When the set of stepped parameters is the one of the last step, the cached plan
+(aliases of parameters and state, chunk lists) is reused and only gradient aliases are made.
+On CUDA, a compiled chain whose step is pure device work (no host hooks, collectives or
+``nonfinite="raise"``) is captured as one CUDA graph once the same plan and gradient
+addresses have repeated for two steps, and replayed while they stay the same: the step then
+costs the host a few dozen microseconds whatever the number of tensors. The capture step
+synchronises once. ``SIGNIFY_CUDA_GRAPHS=0`` turns this off.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from . import rng
-from .transforms.base import State, StepContext, Transform, Update, freeze_static
+from . import compiled, rng
+from .planning import (
+    Bucket,
+    Chunk,
+    HyperCache,
+    Plan,
+    alias,
+    aliases_of_state,
+    dim_order,
+    powers_of_two,
+)
+from .transforms.base import State, Transform, freeze_static
 
 if TYPE_CHECKING:
     from .optimizer import SignifiedOptimizer
 
-_NOT_PARAMS = ("params", "param_names")
+__all__ = ["Executor", "HyperCache", "powers_of_two"]
 
-
-def _flat(t: Tensor) -> Tensor:
-    return t.view(-1) if t.is_contiguous() else t.reshape(-1)
-
-
-class HyperCache:
-    """Device copies of a group's numeric hyperparameters, refreshed only when they change."""
-
-    def __init__(self) -> None:
-        self._values: dict[tuple[int, torch.device], dict[str, Any]] = {}
-        self._tensors: dict[tuple[int, torch.device], dict[str, Tensor]] = {}
-
-    def get(self, gi: int, group: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
-        key = (gi, device)
-        values = self._values.setdefault(key, {})
-        tensors = self._tensors.setdefault(key, {})
-        for name, v in group.items():
-            if name in _NOT_PARAMS or isinstance(v, bool) or v is None or isinstance(v, str):
-                continue
-            if isinstance(v, Tensor):
-                if v.numel() != 1:
-                    continue
-                t = tensors.get(name)
-                if t is None:
-                    tensors[name] = t = torch.empty((), dtype=torch.float32, device=device)
-                t.copy_(v.detach().reshape(()), non_blocking=True)
-                continue
-            if isinstance(v, (int, float)):
-                if values.get(name) != v or name not in tensors:
-                    t = tensors.get(name)
-                    if t is None or t.dim() != 0:
-                        tensors[name] = t = torch.empty((), dtype=torch.float32, device=device)
-                    t.fill_(float(v))
-                    values[name] = v
-            elif isinstance(v, (tuple, list)) and v and all(isinstance(x, (int, float)) for x in v):
-                tv = tuple(float(x) for x in v)
-                if values.get(name) != tv or name not in tensors:
-                    tensors[name] = torch.tensor(tv, dtype=torch.float32).to(device)
-                    values[name] = tv
-        return tensors
-
-    def clear(self) -> None:
-        self._values.clear()
-        self._tensors.clear()
-
-
-@dataclasses.dataclass
-class Chunk:
-    group_index: int
-    params: list[Tensor]  # the parameters themselves (for .grad)
-    flat_params: list[Tensor]
-    states: list[State]  # per transform, 1-D views of its state buffers
-    keys: Tensor  # view of the bucket's per-step random keys
-    static: tuple[tuple[str, Any], ...]
-    device: torch.device
-
-
-@dataclasses.dataclass
-class Bucket:
-    device: torch.device
-    tensor_keys: Tensor  # int64 [n], one per parameter (global position)
-    step_keys: Tensor  # int64 [n], refreshed each step
-    chunks: list[Chunk]
-
-
-@dataclasses.dataclass
-class Plan:
-    buckets: list[Bucket]
-    counters: list[Tensor]  # per-parameter counters (e.g. "step") of stepped parameters
-    devices: list[torch.device]
-
-
-def _powers_of_two(n: int, cap: int) -> list[int]:
-    out = []
-    while n > 0:
-        k = min(cap, 1 << (n.bit_length() - 1))
-        out.append(k)
-        n -= k
-    return out
-
-
-def _fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
-    """A copy of ``fn`` with its own code object, hence its own dynamo cache and budget."""
-    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
-    new = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-    return new
+_HOOKS = ("select", "before_step", "finalize", "exchange", "after_step")
 
 
 class Executor:
@@ -142,9 +79,19 @@ class Executor:
         self.compile = compile
         self.chunk = chunk
         self.nonfinite = nonfinite
+        #: "rows" or "flat" (module docstring), from SIGNIFY_LAYOUT; rows when compiling
+        self.layout = compiled.env_option(
+            "SIGNIFY_LAYOUT", "rows" if compile else "flat", compiled.LAYOUTS
+        )
+        #: how the non-finite check reads the gradients when no transform has a prepass:
+        #: "foreach" (torch's multi-tensor L1 norm, a few launches for all tensors) or
+        #: "graph" (inside the compiled prepass, one reduction per tensor)
+        self.finite_check = compiled.env_option(
+            "SIGNIFY_FINITE_CHECK", "foreach", compiled.FINITE_CHECKS
+        )
         self.hyper = HyperCache()
         self._plan: Plan | None = None
-        self._plan_key: Any = None
+        self._plan_key_: Any = None
         self._compiled: dict[Any, Callable[..., Any]] = {}
         self._tag = f"{id(self):x}"
         self.rank = 0  # set by transforms whose ranks must draw independent noise
@@ -159,16 +106,40 @@ class Executor:
                 start = i
         self.segments.append((start, len(self.chain)))
         self.has_prepare = any(t.has_prepare for t in self.chain)
-        self._hooks = {
-            name: [t for t in self.chain if _overrides(t, name)]
-            for name in ("select", "before_step", "finalize", "exchange", "after_step")
-        }
+        self._hooks = {name: [t for t in self.chain if _overrides(t, name)] for name in _HOOKS}
+        self._static_hooks = [t for t in self.chain if hasattr(t, "static_items")]
+        self._probe: dict[tuple[int, Any], Any] = {}
+        # Padding to full chunks is safe when no transform looks across tensors.
+        self.pad = compile and not any(
+            t.has_prepare or t.is_barrier or _overrides(t, "plan") for t in self.chain
+        )
+        host_hooks = any(self._hooks[h] for h in ("before_step", "finalize", "exchange"))
+        self.graphs = (
+            compile
+            and nonfinite != "raise"
+            and not host_hooks
+            and not self._hooks["after_step"]
+            and os.environ.get("SIGNIFY_CUDA_GRAPHS", "1") != "0"
+        )
+        self._graph: Any = None  # (signature, torch.cuda.CUDAGraph, ok tensor, replays)
+        self._last_sig: Any = None
+        self._streak = 0
+        self._wasted = 0
 
     # ------------------------------------------------------------------ planning
     def invalidate(self) -> None:
         """Forget the cached plan (state was created, dropped, moved or loaded)."""
         self._plan = None
-        self._plan_key = None
+        self._plan_key_ = None
+        self._graph = None
+
+    def static(self, group: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        """The compile-time settings of a group: `freeze_static`, plus what transforms with
+        a ``static_items(group)`` method add (values an adapter had to bake into a graph)."""
+        out = freeze_static(group)
+        for t in self._static_hooks:
+            out = out + tuple(t.static_items(group))  # type: ignore[attr-defined]
+        return out
 
     def active_params(self) -> list[list[Tensor]]:
         active = []
@@ -182,16 +153,23 @@ class Executor:
             active.append(ps)
         return active
 
-    def _ensure_state(self, active: list[list[Tensor]]) -> bool:
-        """Create missing per-parameter state; True if anything was created."""
+    def _state_keys(self, t: Transform, group: dict[str, Any]) -> tuple[str, ...]:
+        """The per-parameter state keys ``t`` creates for ``group`` (probed once)."""
+        key = (id(t), self.static(group))
+        keys = self._probe.get(key)
+        if keys is None:
+            keys = self._probe[key] = tuple(t.init([torch.empty(0, device="meta")], group))
+        return keys  # type: ignore[no-any-return]
+
+    def _ensure_state(self, active: list[list[Tensor]]) -> None:
+        """Create missing per-parameter state."""
         opt = self.opt
-        created = False
         for gi, ps in enumerate(active):
             if not ps:
                 continue
             group = opt.param_groups[gi]
             for t in self.chain:
-                probe = t.init([torch.empty(0, device="meta")], group)
+                probe = self._state_keys(t, group)
                 if not probe:
                     continue
                 keys = [t.state_prefix + k for k in probe]
@@ -202,75 +180,146 @@ class Executor:
                 for k, values in fresh.items():
                     for p, v in zip(missing, values):
                         opt.state[p].setdefault(t.state_prefix + k, v)
-                created = True
-        return created
+
+    def _plan_key(self, active: list[list[Tensor]]) -> Any:
+        opt = self.opt
+        groups = opt.param_groups
+        return (
+            tuple((tuple(map(id, ps)), self.static(g)) for ps, g in zip(active, groups)),
+            id(opt.state),
+            len(opt.state),
+        )
 
     def _build_plan(self, active: list[list[Tensor]]) -> Plan:
         opt = self.opt
         position = {p: i for i, p in enumerate(opt.all_params())}
-        buckets: list[Bucket] = []
-        counters: list[Tensor] = []
-        devices: list[torch.device] = []
+        plan = Plan([], [], [], [])
         for gi, ps in enumerate(active):
             if not ps:
                 continue
             group = opt.param_groups[gi]
-            static = freeze_static(group)
-            key_lists = [list(t.init([torch.empty(0, device="meta")], group)) for t in self.chain]
+            static = self.static(group)
+            key_lists = [self._state_keys(t, group) for t in self.chain]
             by_kind: dict[tuple[Any, ...], list[Tensor]] = {}
             for p in ps:
                 kind = (p.device, p.dtype, p.grad.dtype if p.grad is not None else None)
                 by_kind.setdefault(kind, []).append(p)
             for (device, _, _), bps in by_kind.items():
-                if device not in devices:
-                    devices.append(device)
-                tkeys = torch.tensor(
-                    [rng.tensor_key(position[p]) for p in bps], dtype=torch.int64, device=device
+                if device not in plan.devices:
+                    plan.devices.append(device)
+                plan.buckets.append(
+                    self._bucket(gi, group, bps, key_lists, static, device, position)
                 )
-                step_keys = torch.zeros_like(tkeys)
-                sizes = [len(bps)] if not self.compile else _powers_of_two(len(bps), self.chunk)
-                chunks: list[Chunk] = []
-                start = 0
-                for n in sizes:
-                    cps = bps[start : start + n]
-                    states: list[State] = []
-                    for t, tkeys_t in zip(self.chain, key_lists):
-                        st: State = {
-                            k: [_flat(opt.state[p][t.state_prefix + k]) for p in cps]
-                            for k in tkeys_t
-                        }
-                        st.update(t.plan(cps, gi))
-                        states.append(st)
-                    chunks.append(
-                        Chunk(
-                            gi,
-                            cps,
-                            [_flat(p.data) for p in cps],
-                            states,
-                            step_keys[start : start + n],
-                            static,
-                            device,
-                        )
-                    )
-                    start += n
-                buckets.append(Bucket(device, tkeys, step_keys, chunks))
                 for t in self.chain:
-                    for c in t.counters:
-                        counters.extend(opt.state[p][t.state_prefix + c] for p in bps)
-        return Plan(buckets, counters, devices)
+                    for name in t.counters:
+                        plan.counters.extend(opt.state[p][t.state_prefix + name] for p in bps)
+                for chunk in plan.buckets[-1].chunks:
+                    plan.grad_params.extend(chunk.params)
+                    plan.counters.extend(chunk.pad_counters)
+        return plan
+
+    def _bucket(
+        self,
+        gi: int,
+        group: dict[str, Any],
+        bps: list[Tensor],
+        key_lists: list[tuple[str, ...]],
+        static: tuple[tuple[str, Any], ...],
+        device: torch.device,
+        position: dict[Tensor, int],
+    ) -> Bucket:
+        """Chunks of one bucket: the rows lane (sizes multiples of ROW) first, then the rest,
+        so that every chunk is of one layout."""
+        rows = self.layout == "rows"
+        fits = [rows and p.numel() % compiled.ROW == 0 for p in bps]
+        lanes = [[p for p, f in zip(bps, fits) if f], [p for p, f in zip(bps, fits) if not f]]
+        pieces: list[tuple[list[Tensor], int, bool]] = []  # (params, padding, rows)
+        for lane, lane_ps in enumerate(lanes):
+            if not lane_ps:
+                continue
+            if not self.compile:
+                sizes = [len(lane_ps)]
+            elif self.pad:
+                sizes = [self.chunk] * (len(lane_ps) // self.chunk)
+                if len(lane_ps) % self.chunk:
+                    sizes.append(len(lane_ps) % self.chunk)
+            else:
+                sizes = powers_of_two(len(lane_ps), self.chunk)
+            offset = 0
+            for n in sizes:
+                padding = self.chunk - n if self.pad and self.compile else 0
+                pieces.append((lane_ps[offset : offset + n], padding, lane == 0 and rows))
+                offset += n
+        # Keys follow the global position (padding after every parameter), so a tensor's
+        # noise does not depend on how it is chunked.
+        keys = []
+        for cps, padding, _ in pieces:
+            keys += [rng.tensor_key(position[p]) for p in cps]
+            keys += [rng.tensor_key(len(position) + len(keys) + i) for i in range(padding)]
+        tensor_keys = torch.tensor(keys, dtype=torch.int64, device=device)
+        step_keys = torch.zeros_like(tensor_keys, dtype=torch.int32)
+        chunks, start = [], 0
+        for cps, padding, as_rows in pieces:
+            c = self._chunk(gi, group, cps, padding, key_lists, static, device, as_rows)
+            n = len(cps) + padding
+            c.keys = step_keys.new_empty(0).set_(step_keys.untyped_storage(), start, (n,), (1,))
+            chunks.append(c)
+            start += n
+        return Bucket(device, tensor_keys, step_keys, chunks)
+
+    def _chunk(
+        self,
+        gi: int,
+        group: dict[str, Any],
+        cps: list[Tensor],
+        padding: int,
+        key_lists: list[tuple[str, ...]],
+        static: tuple[tuple[str, Any], ...],
+        device: torch.device,
+        rows: bool,
+    ) -> Chunk:
+        opt = self.opt
+        orders = [dim_order(p) for p in cps]
+        like = cps[0]
+        pads = [torch.zeros(compiled.ROW, dtype=like.dtype, device=device) for _ in range(padding)]
+        pad_grads = [
+            torch.zeros(compiled.ROW, dtype=like.grad.dtype, device=device)  # type: ignore[union-attr]
+            for _ in range(padding)
+        ]
+        states: list[State] = []
+        pad_counters: list[Tensor] = []
+        for t, keys in zip(self.chain, key_lists):
+            st: State = {}
+            pad_state = t.init(pads, group) if pads and keys else {}
+            for k in keys:
+                st[k] = aliases_of_state(opt, cps, orders, t.state_prefix + k)
+                st[k] += [alias(v) for v in pad_state.get(k, [])]
+            for name in t.counters:
+                pad_counters += pad_state.get(name, [])
+            st.update(t.plan(cps, gi))
+            states.append(st)
+        views = [alias(p.data, o) for p, o in zip(cps, orders)] + pads
+        return Chunk(
+            gi,
+            cps,
+            orders,
+            views,
+            pad_grads,
+            pad_counters,
+            states,
+            torch.empty(0),
+            static,
+            device,
+            rows,
+        )
 
     # ------------------------------------------------------------------ running
-    def _runner(self, kind: str, segment: int, static: Any, n: int) -> Callable[..., Any]:
-        key = (kind, segment, static, n)
+    def _runner(self, key: tuple[Any, ...], make: Callable[[], Callable[..., Any]]) -> Any:
         fn = self._compiled.get(key)
         if fn is None:
-            if kind == "prepare":
-                fn = _make_prepare(self.chain, dict(static), self.nonfinite != "ignore")
-            else:
-                start, end = self.segments[segment]
-                fn = _make_segment(self.chain, start, end, dict(static))
+            fn = make()
             if self.compile:
-                fn = _compiled(_fresh(fn, f"{self._tag}_{len(self._compiled)}"))
+                fn = compiled.compile_fn(compiled.fresh(fn, f"{self._tag}_{len(self._compiled)}"))
             self._compiled[key] = fn
         return fn
 
@@ -279,139 +328,158 @@ class Executor:
         active = self.active_params()
         if not any(active):
             return
+        key = self._plan_key(active)
+        if self._plan is None or key != self._plan_key_:
+            self._ensure_state(active)  # before the hooks: the run-and-read path fills it
         for t in self._hooks["before_step"]:
             t.before_step(opt, active)
-        created = self._ensure_state(active)
-        plan_key = tuple(
-            (tuple(map(id, ps)), freeze_static(g)) for ps, g in zip(active, opt.param_groups)
-        )
-        if created or self._plan is None or plan_key != self._plan_key:
+        if self._hooks["before_step"]:
+            key = self._plan_key(active)  # hooks may have dropped or moved state
+        if self._plan is None or key != self._plan_key_:
+            self._ensure_state(active)
             self._plan = self._build_plan(active)
-            self._plan_key = plan_key
+            self._plan_key_ = self._plan_key(active)
+            self._graph = None
         plan = self._plan
+        hypers = {
+            (c.group_index, c.device): self.hyper.get(
+                c.group_index, opt.param_groups[c.group_index], c.device
+            )
+            for c in plan.chunks()
+        }
+        if self.graphs and plan.devices[0].type == "cuda" and len(plan.devices) == 1:
+            self._graphed_step(plan, hypers)
+        else:
+            self.ok = self._run(plan, hypers)
+        for t in self._hooks["after_step"]:
+            t.after_step(opt)
+
+    def _graphed_step(self, plan: Plan, hypers: dict[Any, dict[str, Tensor]]) -> None:
+        """Replay the captured step while nothing it reads by address has moved."""
+        sig = (
+            id(plan),
+            tuple(p.grad.data_ptr() for p in plan.grad_params),  # type: ignore[union-attr]
+            self.hyper.version,
+            self.rank,
+        )
+        graph = self._graph
+        if graph is not None and graph[0] == sig:
+            graph[1].replay()
+            graph[3] += 1
+            self.ok = graph[2]
+            return
+        if graph is not None and graph[3] < 2:
+            self._wasted += 1  # captured, then moved before it paid off
+        self._graph = None
+        self._streak = self._streak + 1 if sig == self._last_sig else 0
+        self._last_sig = sig
+        if self._streak < 2 or self._wasted >= 3:
+            self.ok = self._run(plan, hypers)
+            return
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):  # synchronises once, records without running
+            ok = self._run(plan, hypers)
+        cuda_graph.replay()
+        self._graph = [sig, cuda_graph, ok, 0]
+        self.ok = ok
+
+    def _run(self, plan: Plan, hypers: dict[Any, dict[str, Tensor]]) -> Tensor | None:
+        opt = self.opt
         device = plan.devices[0]
         shared = opt.shared_state(device)
         shared_tensors = {
             name: {k: v for k, v in d.items() if isinstance(v, Tensor)}
             for name, d in shared.items()
         }
-
         per_chunk = []
-        for bucket in plan.buckets:
-            for c in bucket.chunks:
-                grads = [_flat(p.grad) for p in c.params]  # type: ignore[arg-type]
-                hyper = self.hyper.get(c.group_index, opt.param_groups[c.group_index], c.device)
-                per_chunk.append((c, grads, hyper))
+        for c in plan.chunks():
+            grads = [alias(p.grad, o) for p, o in zip(c.params, c.orders)]  # type: ignore[arg-type]
+            per_chunk.append((c, grads + c.pad_grads, hypers[(c.group_index, c.device)]))
 
-        # 1. prepass: non-finite check and global reductions
-        ok: Tensor | None = None
-        if self.nonfinite != "ignore" or self.has_prepare:
-            bad = torch.zeros((), dtype=torch.float32, device=device)
-            for c, grads, hyper in per_chunk:
-                run = self._runner("prepare", 0, c.static, len(c.params))
-                run(c.flat_params, grads, c.states, hyper, c.keys, shared_tensors, bad)
+        with compiled.no_duck_shapes():
+            # 1. prepass: non-finite check and global reductions
+            check = self.nonfinite != "ignore"
+            bad: Tensor | None = None
+            mode: str | None = None
+            if check and not self.has_prepare and self.finite_check == "foreach":
+                mode = "foreach"
+                norms = torch._foreach_norm([p.grad for p in plan.grad_params], 1)  # type: ignore[misc]
+                bad = torch.stack(norms).float()
+            elif check or self.has_prepare:
+                mode = "graph" if check else None
+                bad = torch.zeros(1, dtype=torch.float32, device=device)
+                for c, grads, hyper in per_chunk:
+                    pkey: tuple[Any, ...] = ("prepare", c.static, len(c.views), c.rows, check)
+                    run = self._compiled.get(pkey) or self._runner(
+                        pkey, _maker(compiled.make_prepare, self.chain, c.static, check, c.rows)
+                    )
+                    run(c.views, grads, c.states, hyper, c.keys, shared_tensors, bad)
             if self.nonfinite == "raise":
-                if bad.item() != 0:  # documented host sync
+                assert bad is not None
+                flag = (bad != 0).any() if mode == "graph" else ~torch.isfinite(bad).all()
+                if bool(flag):  # documented host sync
                     raise FloatingPointError("non-finite gradient (nonfinite='raise')")
-            elif self.nonfinite == "skip":
-                ok = bad == 0
-                opt.count_skipped(bad)
+                mode = None  # the step goes ahead: count it unconditionally
 
-        # 2. counters and random keys, on the device
-        state = opt.rng_state(device)
-        if ok is None:
+            # 2. the step's scalars: ok flag, counters, random keys
+            ok = self._bookkeeping(plan, device, mode, bad)
             if plan.counters:
-                torch._foreach_add_(plan.counters, 1.0)
-            state["counter"].add_(1)
-        else:
-            okf = ok.to(torch.float32)
-            if plan.counters:
-                torch._foreach_add_(plan.counters, [okf] * len(plan.counters))
-            state["counter"].add_(ok.to(torch.int64))
-        for bucket in plan.buckets:
-            seed = state["seed"].to(bucket.device)
-            counter = state["counter"].to(bucket.device)
-            key = rng.step_key(seed, counter, self.rank)
-            bucket.step_keys.copy_(rng.mix32(bucket.tensor_keys ^ key))
-        self.ok = ok
-        for t in self._hooks["finalize"]:
-            t.finalize(opt)
+                if ok is None:
+                    torch._foreach_add_(plan.counters, 1.0)
+                else:
+                    # The list overload: the one with a 0-d tensor operand reads it on the
+                    # host (a sync, and no CUDA graph capture).
+                    okf = ok.to(torch.float32)
+                    torch._foreach_add_(plan.counters, [okf] * len(plan.counters))
+            self.ok = ok
+            for t in self._hooks["finalize"]:
+                t.finalize(opt)
 
-        # 3. the elementwise pass, segment by segment
-        for s in range(len(self.segments)):
-            for c, grads, hyper in per_chunk:
-                run = self._runner("segment", s, c.static, len(c.params))
-                run(c.flat_params, grads, c.states, hyper, c.keys, ok, shared_tensors)
-            if s + 1 < len(self.segments):
-                self.chain[self.segments[s][1] - 1].exchange(opt)
+            # 3. the elementwise pass, segment by segment
+            for s in range(len(self.segments)):
+                for c, grads, hyper in per_chunk:
+                    skey: tuple[Any, ...] = ("segment", s, c.static, len(c.views), c.rows)
+                    start, end = self.segments[s]
+                    run = self._compiled.get(skey) or self._runner(
+                        skey,
+                        _maker(compiled.make_segment, self.chain, start, end, c.static, c.rows),
+                    )
+                    run(c.views, grads, c.states, hyper, c.keys, ok, shared_tensors)
+                if s + 1 < len(self.segments):
+                    self.chain[self.segments[s][1] - 1].exchange(opt)
+        return ok
 
-        for t in self._hooks["after_step"]:
-            t.after_step(opt)
+    def _bookkeeping(
+        self, plan: Plan, device: torch.device, mode: str | None, bad: Tensor | None
+    ) -> Tensor | None:
+        shared = self.opt.shared_state(device)
+        state = shared["rng"]
+        here = [b for b in plan.buckets if b.device == device]
+        run = self._runner(
+            ("bookkeeping", mode, self.rank, len(here)),
+            lambda: compiled.make_bookkeeping(mode, self.rank),
+        )
+        ok = run(
+            bad,
+            state["seed"],
+            state["counter"],
+            shared["nonfinite"]["skipped"],
+            [b.tensor_keys for b in here],
+            [b.step_keys for b in here],
+        )
+        for b in plan.buckets:
+            if b.device != device:  # other devices: the same keys, eagerly
+                key = rng.step_key(state["seed"], state["counter"], self.rank).to(b.device)
+                b.step_keys.copy_(rng.to_i32(rng.mix32(b.tensor_keys ^ key)))
+        return ok  # type: ignore[no-any-return]
+
+
+def _maker(make: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    return lambda: make(*args)
 
 
 def _overrides(t: Transform, name: str) -> bool:
     return getattr(type(t), name) is not getattr(Transform, name)
-
-
-def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
-    duck = _duck_shape_off()
-
-    def run(*args: Any) -> Any:
-        with duck():
-            return compiled(*args)
-
-    return run
-
-
-def _duck_shape_off() -> Callable[[], Any]:
-    """Dynamo assumes equal sizes stay equal ("duck shaping"); chunks of different tensors
-    break that assumption, so it is switched off while signify's graphs trace."""
-    try:
-        import torch.fx.experimental._config as fx_config
-
-        return lambda: fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):  # pragma: no cover - older torch
-        import contextlib
-
-        return contextlib.nullcontext
-
-
-def _make_prepare(
-    chain: list[Transform], static: dict[str, Any], check_finite: bool
-) -> Callable[..., None]:
-    users = [i for i, t in enumerate(chain) if t.has_prepare]
-
-    def signify_prepare(params, grads, states, hyper, keys, shared, bad):  # type: ignore[no-untyped-def]
-        if check_finite:
-            for g in grads:
-                bad.add_((~torch.isfinite(g)).sum())
-        ctx = StepContext(hyper, static, keys, None, shared)
-        u = Update(params=params, grads=grads, lr=hyper["lr"])
-        for i in users:
-            chain[i].prepare(u, states[i], ctx)
-
-    return signify_prepare
-
-
-def _make_segment(
-    chain: list[Transform], start: int, end: int, static: dict[str, Any]
-) -> Callable[..., None]:
-    def signify_segment(params, grads, states, hyper, keys, ok, shared):  # type: ignore[no-untyped-def]
-        ctx = StepContext(hyper, static, keys, ok, shared)
-        u = Update(params=params, grads=grads, lr=hyper["lr"])
-        for i, t in enumerate(chain):
-            u = t.begin(u, states[i], ctx)
-        for i in range(start, end):
-            t = chain[i]
-            if t.is_barrier and i == start and start > 0:
-                u = t.post(u, states[i], ctx)  # type: ignore[attr-defined]
-            elif t.is_barrier and i == end - 1:
-                t.pre(u, states[i], ctx)  # type: ignore[attr-defined]
-            else:
-                u, _ = t.update(u, states[i], ctx)
-
-    return signify_segment
 
 
 def env_chunk(default: int = 8) -> int:

@@ -137,7 +137,7 @@ class SignifiedOptimizer(torch.optim.Optimizer):
             check_options(**{**current, **overrides})
             self.options = dataclasses.replace(self.options, **overrides)  # type: ignore[misc]
         hyper = self._bind_hyper(args, kwargs)
-        adapter = adapter_for(self.base)
+        adapter = adapter_for(self.base, hyper)
         adapter.validate(hyper)
         self._adapter = adapter
         self._chain = build_chain(adapter, self.options)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from .adagrad import AdagradAdapter
@@ -24,16 +27,32 @@ ADAPTERS: list[type[Adapter]] = [
 ]
 
 
-def adapter_for(base: type[torch.optim.Optimizer]) -> Adapter:
+def adapter_for(
+    base: type[torch.optim.Optimizer], hyper: Mapping[str, Any] | None = None
+) -> Adapter:
     """The adapter for ``base``: a registered one if ``base`` is (or subclasses without
-    changing ``step``) a known class, else the generic run-and-read path."""
+    changing ``step``) a known class; else the traced one (`signify.adapters.traced`) when
+    the base's step traces with the settings ``hyper`` (its defaults if None); else the
+    generic run-and-read path."""
     for cls in ADAPTERS:
         for known in cls.bases:
             if base is known or (issubclass(base, known) and base.step is known.step):
                 return cls(base)
+    from .traced import TracedAdapter
+
+    traced = TracedAdapter.build(base, _defaults(base) if hyper is None else hyper)
+    if traced is not None:
+        return traced
     from .generic import GenericAdapter
 
     return GenericAdapter(base)
+
+
+def _defaults(base: type[torch.optim.Optimizer]) -> dict[str, Any]:
+    import inspect
+
+    params = list(inspect.signature(base.__init__).parameters.values())[2:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 __all__ = [

@@ -76,7 +76,7 @@ class StepContext:
 
     ``hyper``: numeric group hyperparameters as device tensors (0-d, or 1-d for tuples).
     ``static``: compile-time constants of the group (see `freeze_static`).
-    ``keys``: int64 per-tensor random-stream keys for this step (see `signify.rng`).
+    ``keys``: int32 per-tensor random-stream keys for this step (see `signify.rng`).
     ``ok``: 0-d bool, False when the step must change nothing (non-finite gradients).
     ``shared``: the optimizer-level state of transforms (`Transform.shared_state`).
     """

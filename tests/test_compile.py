@@ -1,0 +1,119 @@
+"""Compiled deployment: no recompiles in steady state, compiled == eager, no host sync.
+
+Compiling on this CPU box is slow (inductor's C++), so every compiled optimizer here steps one
+tensor with compile_chunk=1, and the stochastic and deterministic checks share their graphs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import signify
+from signify.optimizer import _compile_by_default
+
+
+def _grads(params, step):
+    gen = torch.Generator().manual_seed(1000 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype)
+
+
+@contextlib.contextmanager
+def _no_host_sync(monkeypatch):
+    """Fail on anything that reads a tensor's value on the host during the block."""
+
+    def boom(*_a, **_k):
+        raise AssertionError("host sync in step()")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
+            m.setattr(torch.Tensor, name, boom)
+        yield
+
+
+def _run(cls, compile_, steps, schedule, monkeypatch=None, **kw):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 16))
+    opt = cls([w], lr=0.05, compile=compile_, compile_chunk=1, seed=3, **kw)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + s)) if schedule else None
+    graphs = []
+    for s in range(steps):
+        _grads([w], s)
+        if monkeypatch is not None and s >= 2:
+            with _no_host_sync(monkeypatch):
+                opt.step()
+        else:
+            opt.step()
+        if sched is not None:
+            sched.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    return w.detach().clone(), opt, graphs
+
+
+def test_compile_default_is_eager_on_cpu():
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = signify.Signum([p], lr=0.1)
+    assert opt.compiled is False
+    assert _compile_by_default([p]) is False
+    assert signify.Signum([p], lr=0.1, compile=True).compiled is True
+
+
+def test_compiled_matches_eager_without_recompiles_or_syncs(monkeypatch):
+    """Stochastic signified Adam under an lr schedule: compiled and eager give the same bits
+    (the noise is a counter hash), the schedule recompiles nothing after the first step, and
+    steady-state steps read nothing back from the device."""
+    cls = signify.signify(torch.optim.Adam, stochastic=True)
+    eager, _, _ = _run(cls, False, 6, True)
+    comp, opt, graphs = _run(cls, True, 6, True, monkeypatch)
+    assert opt.compiled
+    assert graphs[1] > 0 and graphs[-1] == graphs[1], graphs  # nothing compiled after step 1
+    assert torch.equal(eager, comp)
+
+    # Deterministic sign with decoupled weight decay: a different chain (its own graphs).
+    cls = signify.signify(torch.optim.AdamW, stochastic=False)
+    eager, _, _ = _run(cls, False, 4, True, weight_decay=0.1)
+    comp, _, graphs = _run(cls, True, 4, True, weight_decay=0.1)
+    assert graphs[-1] == graphs[1], graphs
+    torch.testing.assert_close(comp, eager, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_eager_step_does_not_sync(monkeypatch, stochastic):
+    cls = signify.signify(torch.optim.Adam, stochastic=stochastic)
+    _run(cls, False, 5, True, monkeypatch)
+
+
+def test_nonfinite_skip_without_sync(monkeypatch):
+    """The default nonfinite="skip" decides on the device: a NaN gradient leaves params and
+    state untouched and the step is counted as skipped, all without a host read."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 16))
+    opt = signify.StoSignSGD([w], lr=0.1, seed=0)
+    _grads([w], 0)
+    opt.step()
+    before = w.detach().clone()
+    state = {k: v.clone() for k, v in opt.state[w].items()}
+    w.grad[1, 3] = float("nan")
+    with _no_host_sync(monkeypatch):
+        opt.step()
+    assert torch.equal(w, before)
+    for k, v in opt.state[w].items():
+        assert torch.equal(v, state[k]), k
+    assert opt.skipped_steps == 1
+
+
+def test_traced_adapter_compiles_like_eager():
+    """A traced base (Adamax: no hand-written adapter here) runs inside the compiled pass,
+    drawing the same noise as eager."""
+    from signify.adapters.traced import TracedAdapter
+
+    cls = signify.signify(torch.optim.Adamax, stochastic=True)
+    eager, _opt_e, _ = _run(cls, False, 4, True, weight_decay=0.01)
+    comp, opt_c, graphs = _run(cls, True, 4, True, weight_decay=0.01)
+    assert isinstance(opt_c.chain[0], TracedAdapter) and opt_c.compiled
+    assert graphs[-1] == graphs[1], graphs
+    torch.testing.assert_close(comp, eager, rtol=0, atol=1e-6)

@@ -1,0 +1,91 @@
+"""The executor's layouts and planning: every layout and check gives the same numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import signify
+from signify.executor import powers_of_two
+
+
+def _params(channels_last: bool = False):
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.randn(8, 3, 3, 3, generator=gen)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+    shapes = [(16, 8), (5,), (3, 7), (32,)]  # multiples of 16 and not: both lanes
+    ps = [torch.randn(s, generator=gen) for s in shapes] + [conv]
+    return [torch.nn.Parameter(p) for p in ps]
+
+
+def _run(monkeypatch, layout, check="foreach", channels_last=False, steps=4, stochastic=True):
+    monkeypatch.setenv("SIGNIFY_LAYOUT", layout)
+    monkeypatch.setenv("SIGNIFY_FINITE_CHECK", check)
+    ps = _params(channels_last)
+    groups = [{"params": ps[:3]}, {"params": ps[3:], "weight_decay": 0.1}]
+    opt = signify.signify(torch.optim.AdamW, stochastic=stochastic)(groups, lr=0.01, seed=2)
+    gen = torch.Generator().manual_seed(1)
+    for s in range(steps):
+        for p in ps:
+            g = torch.randn(p.shape, generator=gen)
+            if s == 2 and p is ps[1]:
+                g[0] = float("inf")  # a skipped step
+            p.grad = g  # contiguous even for a channels_last weight: read through a copy
+        opt.step()
+    return [p.detach().clone() for p in ps], opt
+
+
+@pytest.mark.parametrize(
+    "layout,check", [("rows", "foreach"), ("flat", "graph"), ("rows", "graph")]
+)
+def test_layouts_and_checks_agree(monkeypatch, layout, check):
+    ref, ref_opt = _run(monkeypatch, "flat", "foreach")
+    got, opt = _run(monkeypatch, layout, check)
+    assert opt._executor.layout == layout and opt._executor.finite_check == check
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+    assert opt.skipped_steps == ref_opt.skipped_steps == 1
+
+
+def test_channels_last_parameters_are_written(monkeypatch):
+    """A channels_last weight is stepped in its memory order, element for element the same
+    as the contiguous weight (the old reshape-to-1-D path wrote to a copy). The noise of a
+    stochastic sign follows memory order, so the check uses the deterministic sign."""
+    ref, _ = _run(monkeypatch, "rows", channels_last=False, stochastic=False)
+    got, _ = _run(monkeypatch, "rows", channels_last=True, stochastic=False)
+    assert got[-1].is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(got[-1], _params(True)[-1])
+    torch.testing.assert_close(got[-1], ref[-1], rtol=0, atol=0)
+
+
+def test_chunks_are_powers_of_two():
+    assert powers_of_two(11, 8) == [8, 2, 1]
+    assert powers_of_two(220, 8) == [8] * 27 + [4]
+    assert powers_of_two(0, 8) == []
+    assert sum(powers_of_two(37, 16)) == 37
+
+
+def test_plan_is_reused_and_rebuilt_when_state_changes(monkeypatch):
+    ps = _params()
+    opt = signify.Signum(ps, lr=0.1)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    plan = opt._executor._plan
+    opt.step()
+    assert opt._executor._plan is plan  # same params, same state: reused
+    del opt.state[ps[0]]  # state dropped by hand: recreated, plan rebuilt
+    opt.step()
+    assert opt._executor._plan is not plan
+    assert "momentum_buffer" in opt.state[ps[0]]
+    ps[1].grad = None  # a different set of stepped params
+    before = ps[1].detach().clone()
+    opt.step()
+    assert torch.equal(ps[1], before)
+
+
+def test_bad_layout_env(monkeypatch):
+    monkeypatch.setenv("SIGNIFY_LAYOUT", "diagonal")
+    with pytest.raises(ValueError, match="SIGNIFY_LAYOUT"):
+        signify.Signum(_params(), lr=0.1)

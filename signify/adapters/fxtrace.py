@@ -27,11 +27,13 @@ traces again (`Spec.baked`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import logging
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -165,22 +167,23 @@ class _Probe:
             self._set(torch.randn(8), torch.randn(8), None, dict(self.hyper))
 
     def trace_init(self) -> fx.GraphModule:
-        """(p, g) -> the state a first step creates, before that step changes it."""
+        """(p, g) -> the state the base creates for a parameter (in its constructor, as
+        torch 2.11's Adagrad does, or lazily in its first step), before a step changes it."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        keys = self.keys
+        keys, base, kw = self.keys, self.base, _kwargs_for(self.base, self.hyper)
 
         def f(p: Tensor, g: Tensor) -> list[Tensor]:
-            self._set(p, g, None, dict(self.hyper))
-            self.inst.step()
-            return [self.inst.state[p][k] for k in keys]
+            inst = base([p], **kw)
+            if any(k not in inst.state.get(p, {}) for k in keys):
+                p.grad = g
+                inst.step()
+            return [inst.state[p][k] for k in keys]
 
         try:
             gm = make_fx(f, tracing_mode="symbolic")(torch.randn(8), torch.randn(8))
         except Exception as e:
             raise Untraceable(f"{self.base.__name__}: tracing the state init failed: {e}") from None
-        finally:
-            self._set(torch.randn(8), torch.randn(8), None, dict(self.hyper))
         return _init_graph(gm, self.base.__name__)
 
 
@@ -546,28 +549,45 @@ def _term_value(graph: fx.Graph, at_one: _Copier, term: Any, scalar: Any) -> Any
     return graph.call_function(aten.mul.Tensor, (value, coef))
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Failed trial traces are expected: keep torch's loggers from printing them."""
+    loggers = [logging.getLogger(n) for n in ("torch._subclasses.fake_tensor", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 # ------------------------------------------------------------------------ entry points
 def trace_init(base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> fx.GraphModule:
     """(p, g) -> the state ``base`` creates for a parameter with the settings ``hyper``,
     in the order of `Spec.keys` (``g`` gives a shape only). The settings are constants."""
-    return _Probe(base, hyper).trace_init()
+    with _quiet():
+        return _Probe(base, hyper).trace_init()
 
 
 def trace(base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> Spec:
     """Trace ``base``'s update for the settings in ``hyper`` (python values)."""
-    probe = _Probe(base, hyper)
-    probe.trace_init()  # refuses first-step rules
+    with _quiet():
+        probe = _Probe(base, hyper)
+        probe.trace_init()  # refuses first-step rules
     hyper = probe.hyper
     cands = _candidates(hyper)
     if "lr" not in cands:
         raise Untraceable("lr must be a non-zero number to trace the update")
     ok: list[str] = []
-    for c in cands:
-        try:
-            probe.trace_update([*ok, c])
-            ok.append(c)
-        except Exception:
-            continue
+    with _quiet():
+        for c in cands:
+            try:
+                probe.trace_update([*ok, c])
+                ok.append(c)
+            except Exception:
+                continue
     if "lr" not in ok:
         raise Untraceable(f"{base.__name__} branches on lr: it cannot be a tensor input")
     try:

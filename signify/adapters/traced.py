@@ -84,6 +84,7 @@ class TracedAdapter(Adapter):
         self.has_scale = spec.has_scale  # type: ignore[misc]
         self._specs: list[fxtrace.Spec] = []
         self._index: dict[int, int] = {}
+        self._streams: dict[str, int] = {}
         self._add(spec)
 
     @classmethod
@@ -102,6 +103,8 @@ class TracedAdapter(Adapter):
         if i is None:
             i = self._index[id(spec)] = len(self._specs)
             self._specs.append(spec)
+            # Stream constants hashed here, on the host: dynamo (2.11) cannot iterate bytes.
+            self._streams.update({k: stream(k) for k in spec.keys})
         return i
 
     def _spec(self, group: Mapping[str, Any]) -> fxtrace.Spec:
@@ -170,7 +173,7 @@ class TracedAdapter(Adapter):
                 st.append(v if spec.elementwise[k] else v.reshape(()))
             outs = spec.update.forward(u.params[i].float(), u.grads[i].float(), *st, *hypers)
             for k, new in zip(spec.live, outs[:nlive]):
-                ctx.write(i, state[k][i], new, stream(k))
+                ctx.write(i, state[k][i], new, self._streams[k])
             num.append(outs[nlive])
             scale.append(outs[nlive + 1])
         u.num = num

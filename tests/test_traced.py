@@ -160,8 +160,11 @@ def test_custom_optimizer_is_traced_and_untraceable_falls_back():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = signify.signify(ItemReader)(_params(), lr=0.05)
+        opt = signify.signify(ItemReader, sign=False)(ps := _params(), lr=0.05)
     assert isinstance(opt.chain[0], GenericAdapter)
+    ref = _steps(ItemReader(ref_ps := _params(), lr=0.05), ref_ps, 3)
+    for a, b in zip(ref, _steps(opt, ps, 3)):  # run-and-read steps (its state exists first)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     assert isinstance(adapter_for(torch.optim.SGD), signify.adapters.SGDAdapter)
 
 

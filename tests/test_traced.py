@@ -175,6 +175,26 @@ def test_custom_optimizer_is_traced_and_untraceable_falls_back():
     assert isinstance(adapter_for(torch.optim.SGD), signify.adapters.SGDAdapter)
 
 
+class AdamThenShrink(torch.optim.Adam):
+    """Adam, then a shrink that does not scale with lr (so not lr * decay)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.mul_(0.99)
+
+
+def test_fixed_shrink_is_kept_exactly():
+    kw = {"lr": 0.01}
+    ref = _steps(AdamThenShrink(ps := _params(), **kw), ps, 4)
+    opt = signify.signify(AdamThenShrink, sign=False)(ps := _params(), **kw)
+    assert isinstance(opt.chain[0], TracedAdapter)
+    for a, b in zip(ref, _steps(opt, ps, 4)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_tracing_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("SIGNIFY_TRACED", "0")
     with warnings.catch_warnings():

@@ -472,12 +472,29 @@ def build(probe: _Probe, gm: fx.GraphModule) -> dict[str, Any]:
             set(state_in) | {p_in, g_in}
         ):
             raise Untraceable("the parameter's decay factor depends on more than hyperparameters")
-        done = dgraph.call_function(aten.ones_like.default, (denv[lr_in],))
-        dcopy = _Copier(dgraph, denv, {lr_in: done})
-        c: Any = 1.0
+        lr = denv[lr_in]
+        done = dgraph.call_function(aten.ones_like.default, (lr,))
+        fnodes = [f for f in factors if isinstance(f, fx.Node)]
+        scales_with_lr = lr_in in _ancestors(fnodes)
+        dcopy = _Copier(dgraph, denv, {lr_in: done} if scales_with_lr else {})
+        c: Any = done
         for f in factors:
-            c = dgraph.call_function(aten.mul.Tensor, (dcopy(f), c)) if c != 1.0 else dcopy(f)
-        dgraph.output(dgraph.call_function(aten.rsub.Scalar, (c, 1)))
+            c = dgraph.call_function(aten.mul.Tensor, (c, dcopy(f)))
+        out = dgraph.call_function(aten.rsub.Scalar, (c, 1))
+        if not scales_with_lr:
+            # A factor that does not involve lr (a fixed shrink): the write's decay is
+            # lr * decay, so decay = (1 - C) / lr gives the base's C exactly.
+            nz = dgraph.call_function(aten.ne.Scalar, (lr, 0))
+            safe = dgraph.call_function(aten.where.self, (nz, lr, done))
+            out = dgraph.call_function(
+                aten.where.self,
+                (
+                    nz,
+                    dgraph.call_function(aten.div.Tensor, (out, safe)),
+                    dgraph.call_function(aten.zeros_like.default, (lr,)),
+                ),
+            )
+        dgraph.output(out)
         dgraph.eliminate_dead_code()
         decay = fx.GraphModule(gm, dgraph)
     return {

@@ -18,7 +18,11 @@ and ``self.state[p]`` tensors and updates ``p`` in place with the ops above; one
 steps several tensors jointly, or needs a closure falls back to run-and-read. Differences
 from the hand-written adapters: the traced path computes the base's whole state (a
 deterministic sign does not drop the denominator's state), and every factor but lr stays
-inside ``a / sigma`` (so Adagrad's lr decay is not a separate ``step_scale``).
+inside ``a / sigma`` (so Adagrad's lr decay is not a separate ``step_scale``). Difference
+from run-and-read: a multiplicative shrink of the parameter (decoupled weight decay, or a
+fixed ``p.mul_(0.99)``) is kept exactly as the base applies it, and only the rest of the
+update is sign-converted (run-and-read converts the whole delta, shrink included).
+``SIGNIFY_TRACED=0`` turns tracing off.
 """
 
 from __future__ import annotations

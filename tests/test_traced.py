@@ -46,6 +46,11 @@ CASES = [
 ]
 
 
+def _own(base):
+    """``base`` with its step overridden: no hand-written adapter applies, it is traced."""
+    return type(f"Own{base.__name__}", (base,), {"step": lambda self, c=None: base.step(self, c)})
+
+
 @pytest.mark.parametrize("base,kw", CASES, ids=lambda x: getattr(x, "__name__", ""))
 def test_traced_sign_false_is_the_base(base, kw):
     """signify(base, sign=False) through the traced graph steps exactly like torch.optim,
@@ -59,7 +64,7 @@ def test_traced_sign_false_is_the_base(base, kw):
     ref_opt = base(groups(ref_ps), **kw)
     ref = _steps(ref_opt, ref_ps, 6, schedule=lambda s: sched[s])
     ps = _params()
-    opt = signify.signify(base, sign=False)(groups(ps), **kw)
+    opt = signify.signify(_own(base), sign=False)(groups(ps), **kw)
     assert isinstance(opt.chain[0], TracedAdapter)
     got = _steps(opt, ps, 6, schedule=lambda s: sched[s])
     for a, b in zip(ref, got):
@@ -104,7 +109,7 @@ def test_traced_adamax_stochastic_sign_against_float64():
     p0 = torch.randn(40)
     lr, b1, b2, eps, seed = 0.01, 0.9, 0.999, 1e-8, 11
     p = torch.nn.Parameter(p0.clone())
-    opt = signify.signify(torch.optim.Adamax, stochastic=True)([p], lr=lr, seed=seed)
+    opt = signify.signify(_own(torch.optim.Adamax), stochastic=True)([p], lr=lr, seed=seed)
     assert isinstance(opt.chain[0], TracedAdapter)
     x, m, u = p0.double().clone(), torch.zeros(40, dtype=torch.float64), torch.zeros(40).double()
     seed_t = torch.tensor(seed, dtype=torch.int64)
@@ -162,9 +167,39 @@ def test_custom_optimizer_is_traced_and_untraceable_falls_back():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = signify.signify(ItemReader)(_params(), lr=0.05)
+        opt = signify.signify(ItemReader, sign=False)(ps := _params(), lr=0.05)
     assert isinstance(opt.chain[0], GenericAdapter)
+    ref = _steps(ItemReader(ref_ps := _params(), lr=0.05), ref_ps, 3)
+    for a, b in zip(ref, _steps(opt, ps, 3)):  # run-and-read steps (its state exists first)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     assert isinstance(adapter_for(torch.optim.SGD), signify.adapters.SGDAdapter)
+
+
+class AdamThenShrink(torch.optim.Adam):
+    """Adam, then a shrink that does not scale with lr (so not lr * decay)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.mul_(0.99)
+
+
+def test_fixed_shrink_is_kept_exactly():
+    kw = {"lr": 0.01}
+    ref = _steps(AdamThenShrink(ps := _params(), **kw), ps, 4)
+    opt = signify.signify(AdamThenShrink, sign=False)(ps := _params(), **kw)
+    assert isinstance(opt.chain[0], TracedAdapter)
+    for a, b in zip(ref, _steps(opt, ps, 4)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_tracing_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("SIGNIFY_TRACED", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert isinstance(adapter_for(_own(torch.optim.Adadelta)), GenericAdapter)
 
 
 def test_baked_hyperparameter_change_and_torch_checkpoint():
@@ -175,7 +210,7 @@ def test_baked_hyperparameter_change_and_torch_checkpoint():
     ref_opt = torch.optim.RMSprop(ref_ps, **kw)
     _steps(ref_opt, ref_ps, 3)
     ps = _params()
-    opt = signify.signify(torch.optim.RMSprop, sign=False)(ps, **kw)
+    opt = signify.signify(_own(torch.optim.RMSprop), sign=False)(ps, **kw)
     with torch.no_grad():
         for p, q in zip(ps, ref_ps):
             p.copy_(q)

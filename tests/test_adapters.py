@@ -310,7 +310,8 @@ class _PlainAdamSubclass(torch.optim.Adam):
     ],
     ids=["Adadelta", "custom", "Adam-overridden-step"],
 )
-def test_generic_path(cls, kw):
+def test_generic_path(cls, kw, monkeypatch):
+    monkeypatch.setenv("SIGNIFY_TRACED", "0")  # the run-and-read path, not the traced one
     x0 = _params()
     p_ref, p_off, p_on = _clone(x0), _clone(x0), _clone(x0)
     ref = cls(p_ref, **kw)
@@ -380,7 +381,8 @@ def test_generic_path_warns_once_per_class():
     assert len(msgs) == 1 and "_Once" in msgs[0]
 
 
-def test_subclass_without_new_step_uses_the_adapter():
+def test_subclass_without_new_step_uses_the_adapter(monkeypatch):
+    monkeypatch.setenv("SIGNIFY_TRACED", "0")
     opt = signify.signify(_PlainAdamSubclass)([torch.zeros(2, requires_grad=True)], lr=0.1)
     assert type(opt.chain[0]) is AdamAdapter
     opt = signify.signify(_AdamThenShrink)([torch.zeros(2, requires_grad=True)], lr=0.1)

@@ -73,16 +73,6 @@ def _check_state(sig, ref, p_sig, p_ref, what, kw):
             )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: a second intra-op thread only adds wake-up latency (about 1 ms per op
-    on the shared 2-core box, against 3 us single-threaded)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_sign_false_equals_torch(cfg):
     """Every adapter with sign=False is the torch optimizer: two param groups, a parameter

@@ -25,16 +25,6 @@ from signify.transforms import DecoupledWeightDecay, ExpectedSign, Sign
 N_BIG = 2**16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: a second intra-op thread only adds wake-up latency (about 1 ms per op
-    on the shared 2-core box, against 3 us single-threaded)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_reference_is_torch(cfg):
     """The float64 reference reproduces torch.optim run in float64 (checks the checker)."""

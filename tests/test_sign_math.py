@@ -231,8 +231,12 @@ def _preset_mean(opt, p, ref, lr, wd, steps=10):
     """Identical gradients on every coordinate: the mean of the sign part of the step is
     clip(a / sigma); coordinates where |a| >= sigma take the deterministic sign."""
     ratios = []
+    first = 0.0
     for t in range(steps):
         c = float(torch.randn(()) * torch.exp(0.5 * torch.randn(())))
+        if t == 1:  # a reversal: the momentum shrinks below its scale, |a / sigma| < 0.9
+            c = -3.0 * first
+        first = c if t == 0 else first
         p.grad = torch.full((N_BIG,), c)
         before = p.detach().double().clone()
         opt.step()

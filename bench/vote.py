@@ -58,6 +58,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr-sign", type=float, default=3e-4)
     ap.add_argument("--blocks", action="store_true", help="add ABSignSGD-MV (blocks='depth')")
     ap.add_argument("--skip-gpt", action="store_true")
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--skip-micro", action="store_true")
     ap.add_argument("--out", default=None, help="folder of the JSON (default bench/results)")
     args = ap.parse_args(argv)
@@ -67,6 +68,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.batch = 4
     args.model = args.model or "350m"
     return args
+
+
+def kw(args: argparse.Namespace) -> dict[str, Any]:
+    """signify's compile option from ``--compile`` (auto: signify's default, on for CUDA)."""
+    return {} if args.compile == "auto" else {"compile": args.compile == "on"}
+
+
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress on rank 0, flushed: a time-boxed lease keeps what was printed."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", flush=True)
 
 
 # ------------------------------------------------------------------------------ part 1
@@ -91,25 +106,37 @@ def micro(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
     flat16 = flat.to(torch.bfloat16)
     ring = 2 * (world - 1) / world
     rows: list[dict[str, Any]] = []
+    # Device-memory traffic of a step per rank (fewest bytes): the finite check reads g once
+    # (not with nonfinite="ignore"), the update reads g and rewrites x; the vote adds the packed
+    # bits (written, sent, the W rows read back and the result written and read again: ~N/2).
+    check = 0 if args.nonfinite == "ignore" else 4 * n
+    step_bytes = check + 12 * n
+    bw = copy_bandwidth(device) if device.type == "cuda" else float("nan")
 
-    def timed(name: str, fn: Any, nbytes: float | None = None, **extra: Any) -> None:
+    def timed(
+        name: str, fn: Any, nbytes: float | None = None, mem: float | None = None, **extra: Any
+    ) -> None:
         dist.barrier()
         windows = 1 if args.cpu else 3
         t = time_ms(fn, device, warmup=1 if args.cpu else 3, reps=args.reps, windows=windows)
+        log(f"{name}: {t['median_ms']:.3f} ms")
         rows.append(
             {
                 "case": name,
                 "ms": t["median_ms"],
                 "MB_sent": (nbytes or 0) / 1e6,
                 "numel": n,
+                "mem_GB": (mem or 0) / 1e9,
+                "pct_copy_bw": 100 * (mem or 0) / (t["median_ms"] / 1e3) / bw if mem else "",
                 **extra,
             }
         )
 
     timed("all_reduce fp32", lambda: dist.all_reduce(flat), ring * 4 * n)
     timed("all_reduce bf16", lambda: dist.all_reduce(flat16), ring * 2 * n)
-    local = signify.signify(torch.optim.SGD, nonfinite=args.nonfinite)(params, lr=1e-6)
-    timed("signSGD step, no vote", local.step)
+    log(f"{n / 1e6:.1f}M parameters in {len(params)} tensors, W = {world}")
+    local = signify.signify(torch.optim.SGD, nonfinite=args.nonfinite, **kw(args))(params, lr=1e-6)
+    timed("signSGD step, no vote", local.step, mem=step_bytes)
     timed(
         "all_reduce fp32 + signSGD step",
         lambda o=local: (dist.all_reduce(flat), o.step()),
@@ -119,9 +146,11 @@ def micro(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
     layouts = ["allgather", "alltoall"] if world > 1 else ["auto"]
     for layout in layouts:
         opt = signify.signify(
-            torch.optim.SGD, vote=MajorityVote(layout=layout), nonfinite=args.nonfinite
+            torch.optim.SGD, vote=MajorityVote(layout=layout), nonfinite=args.nonfinite, **kw(args)
         )(params, lr=1e-6)
-        opt.step()  # builds the wire (and checks shapes across ranks once)
+        t_first = time.perf_counter()
+        opt.step()  # builds the wire (and checks shapes across ranks once), compiles
+        log(f"vote [{layout}] first step {time.perf_counter() - t_first:.1f} s")
         vote = next(t for t in opt.chain if isinstance(t, MajorityVote))
         sent = opt.vote_stats["bytes_sent"]
         timed(f"vote exchange only [{layout}]", lambda v=vote, o=opt: v.exchange(o), sent)
@@ -129,6 +158,7 @@ def micro(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
             f"signSGD-MV step [{layout}]",
             opt.step,
             sent,
+            mem=step_bytes + n / 2,
             auto=layout == signify.bitvote.choose_layout("auto", world, 1, device.type),
         )
         del opt
@@ -180,15 +210,15 @@ def gpt_run(name: str, args: argparse.Namespace, device: torch.device, data: Cha
     if name == "ddp_adamw":
         opt: Any = torch.optim.AdamW(model.parameters(), lr=args.lr_adamw, weight_decay=0.1)
     elif name == "ddp_signum":
-        opt = signify.signify(torch.optim.SGD, [Sign(), DecoupledWeightDecay()])(
+        opt = signify.signify(torch.optim.SGD, [Sign(), DecoupledWeightDecay()], **kw(args))(
             model.parameters(), lr=args.lr_sign, momentum=0.9, dampening=0.9, decoupled_wd=0.1
         )
     elif name == "vote_signum":
-        opt = signify.signify(torch.optim.SGD, [Sign(), MajorityVote(), DecoupledWeightDecay()])(
-            model.parameters(), lr=args.lr_sign, momentum=0.9, dampening=0.9, decoupled_wd=0.1
-        )
+        opt = signify.signify(
+            torch.optim.SGD, [Sign(), MajorityVote(), DecoupledWeightDecay()], **kw(args)
+        )(model.parameters(), lr=args.lr_sign, momentum=0.9, dampening=0.9, decoupled_wd=0.1)
     elif name == "vote_absign_depth":
-        opt = signify.signify(torch.optim.SGD, blocks="depth", vote="majority")(
+        opt = signify.signify(torch.optim.SGD, blocks="depth", vote="majority", **kw(args))(
             model.named_parameters(), lr=args.lr_sign
         )
     else:
@@ -213,9 +243,12 @@ def gpt_run(name: str, args: argparse.Namespace, device: torch.device, data: Cha
         opt.step()
         losses.append(loss.detach())
         timed_steps += step >= warm
+        if step == 0:
+            log(f"gpt {name}: first step (compiles) done")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - (start or time.perf_counter())
+    log(f"gpt {name}: {timed_steps} timed steps in {elapsed:.1f} s, loss {losses[-1].item():.3f}")
     tail = torch.stack(losses[-max(1, len(losses) // 10) :]).float().mean()
     val_gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -264,8 +297,12 @@ def run(args: argparse.Namespace, device: torch.device) -> None:
         out = pathlib.Path(args.out) if args.out else None
         path = write_json(f"vote_w{world}_{device.type}", payload, out)
         print(f"wrote {path}")
-        cols = ["case", "ms", "MB_sent", "x_fp32", "tok_per_s", "train_loss", "val_loss"]
-        print(f"\nmajority vote, W = {world}, {payload['environment'].get('gpu', 'cpu')}")
+        cols = ["case", "ms", "MB_sent", "x_fp32", "pct_copy_bw", "tok_per_s", "train_loss"]
+        cols += ["val_loss"]
+        bw = payload.get("copy_bandwidth_GBps", float("nan"))
+        gpu = payload["environment"].get("gpu", "cpu")
+        head = f"majority vote, W = {world}, {gpu}, nonfinite={args.nonfinite}"
+        print(f"\n{head}, copy bandwidth {bw:.0f} GB/s")
         print(table(rows, cols))
 
 
@@ -303,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     local = int(os.environ.get("LOCAL_RANK", 0))
     torch.cuda.set_device(local)
-    dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=5))
+    dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=2))
     try:
         run(args, torch.device("cuda", local))
     finally:

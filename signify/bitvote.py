@@ -97,6 +97,17 @@ def vote_bytes(
 _MAGIC = sum(1 << (7 * j) for j in range(8))  # gathers the low bits of 8 bytes into one byte
 
 
+def _bits(bits: int) -> int:
+    """``bits`` as a literal 1 or 2. Compiled with ``dynamic=True``, torch 2.11 may hand these
+    functions a symbolic int, and its fake-tensor ``1 << s`` fails; comparing guards it to a
+    constant instead."""
+    if bits == 1:
+        return 1
+    if bits == 2:
+        return 2
+    raise ValueError(f"bits must be 1 or 2, got {bits}")
+
+
 def pack(codes: Tensor, bits: int) -> Tensor:
     """Integer codes (< 2**bits) of n coordinates -> ``coded_bytes(n, bits)`` uint8 bytes."""
     c = codes.to(torch.uint8)
@@ -113,6 +124,7 @@ def pack(codes: Tensor, bits: int) -> Tensor:
 
 def pack_lanes(codes: Tensor, bits: int) -> Tensor:
     """`pack` of uint8 codes whose number is a multiple of 8."""
+    bits = _bits(bits)
     if bits == 1 and not torch.compiler.is_compiling() and codes.is_contiguous():
         # Eager: one int64 multiply packs 8 bytes (bit k of the top byte = byte k's bit).
         words = codes.view(-1, 8).view(torch.int64).view(-1)
@@ -123,12 +135,14 @@ def pack_lanes(codes: Tensor, bits: int) -> Tensor:
 
 def unpack_codes(data: Tensor, bits: int) -> Tensor:
     """uint8 bytes -> uint8 codes, ``8 / bits`` per byte."""
+    bits = _bits(bits)
     shifts = torch.arange(0, 8, bits, device=data.device, dtype=torch.uint8)
     return ((data.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(-1)
 
 
 def decode(data: Tensor, bits: int, n: int) -> Tensor:
     """The first ``n`` votes held by ``data``, as float32 in {-1, 0, +1}."""
+    bits = _bits(bits)
     codes = unpack_codes(data, bits)[:n]
     if bits == 1:
         return codes.to(torch.float32) * 2 - 1
@@ -138,6 +152,7 @@ def decode(data: Tensor, bits: int, n: int) -> Tensor:
 def tally(rows: Tensor, bits_in: int, bits_out: int) -> Tensor:
     """Majority vote of a [W, S] uint8 tensor of codes -> the encoded result, S * bits_out /
     bits_in bytes: ``sign(sum over rows)`` per coordinate."""
+    bits_in, bits_out = _bits(bits_in), _bits(bits_out)
     world = rows.shape[0]
     shifts = torch.arange(0, 8, bits_in, device=rows.device, dtype=torch.uint8)
     fields = rows.unsqueeze(-1) >> shifts  # [W, S, 8 / bits_in]

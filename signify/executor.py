@@ -96,6 +96,7 @@ class Executor:
         self._compiled: dict[Any, Callable[..., Any]] = {}
         self._tag = f"{id(self):x}"
         self.rank = 0  # set by transforms whose ranks must draw independent noise
+        self._rank_keys: dict[tuple[torch.device, int], Tensor] = {}
         #: 0-d bool of the current step (None when unchecked); read by ``finalize`` hooks
         self.ok: Tensor | None = None
         # Segments: [start, end) ranges of the chain split after each barrier transform.
@@ -467,9 +468,13 @@ class Executor:
         state = shared["rng"]
         here = [b for b in plan.buckets if b.device == device]
         run = self._runner(
-            ("bookkeeping", mode, self.rank, len(here)),
-            lambda: compiled.make_bookkeeping(mode, self.rank),
+            ("bookkeeping", mode, self.rank != 0, len(here)),
+            lambda: compiled.make_bookkeeping(mode, self.rank != 0),
         )
+        rank_key = self._rank_keys.get((device, self.rank))
+        if rank_key is None:
+            rank_key = torch.tensor(rng.rank_key(self.rank), dtype=torch.int64, device=device)
+            self._rank_keys[(device, self.rank)] = rank_key
         ok = run(
             bad,
             state["seed"],
@@ -477,6 +482,7 @@ class Executor:
             shared["nonfinite"]["skipped"],
             [b.tensor_keys for b in here],
             [b.step_keys for b in here],
+            rank_key,
         )
         for b in plan.buckets:
             if b.device != device:  # other devices: the same keys, eagerly

@@ -66,18 +66,30 @@ def tensor_key(index: int) -> int:
     return mix32_int(index * _GOLDEN + 0x7F4A7C15)
 
 
-def step_key(seed: Tensor, counter: Tensor, rank: int = 0) -> Tensor:
+def rank_key(rank: int) -> int:
+    """The 32-bit constant a rank's noise folds into its step keys (rank 0 folds nothing)."""
+    return mix32_int(rank + 1)
+
+
+def step_key(
+    seed: Tensor, counter: Tensor, rank: int = 0, rank_key_t: Tensor | None = None
+) -> Tensor:
     """The key of one optimizer step, a 0-d int64 tensor in [0, 2**32).
 
     ``seed`` and ``counter`` are int64 tensors; ``rank`` (0 unless ranks must draw
-    independent noise) is folded in on the host.
+    independent noise) is folded in, or ``rank_key_t``, ``rank_key(rank)`` held by a 0-d
+    int64 tensor: compiled code takes the tensor, since a rank held by a Python int may be
+    traced as a symbolic size, and integer hashing of a symbol miscompiles (inductor's C++
+    backend emitted a float XOR, torch 2.13).
     """
     k = mix32(seed & MASK32)
     k = mix32(k ^ ((seed >> 32) & MASK32))
     k = mix32(k ^ (counter & MASK32))
     k = mix32(k ^ ((counter >> 32) & MASK32))
-    if rank:
-        k = mix32(k ^ mix32_int(rank + 1))
+    if rank_key_t is not None:
+        k = mix32(k ^ rank_key_t)
+    elif rank:
+        k = mix32(k ^ rank_key(rank))
     return k
 
 

@@ -96,6 +96,23 @@ def run_stochastic(group: Any) -> dict[str, Any]:
     return {"params": [p.detach().clone() for p in params], "sends": sends}
 
 
+def run_compiled(group: Any) -> dict[str, Any]:
+    """The stochastic MV step compiled and eager on two ranks: the same bits. Rank 1 folds its
+    rank into the noise keys (a symbolic rank miscompiled on CPU and GPU once)."""
+    out: dict[str, Any] = {}
+    for compiled in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in initial(5)[:2]]
+        opt = signify.signify(
+            torch.optim.SGD, stochastic=True, vote=group, seed=4, compile=compiled, compile_chunk=2
+        )(params, lr=LR, momentum=MOMENTUM, dampening=MOMENTUM)
+        for step in range(1, 3):
+            for p, g in zip(params, gradients(13, dist.get_rank(), step, 2)):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+        out[compiled] = [p.detach().clone() for p in params]
+    return out
+
+
 def run_mismatch(group: Any, rank: int) -> list[str]:
     out = []
     for shapes in ([(6,), (4 + rank,)], [(2, 3)] if rank == 0 else [(3, 2)]):
@@ -197,7 +214,8 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world,
-        timeout=datetime.timedelta(seconds=60),
+        # generous: the other ranks wait in a barrier while ranks 0 and 1 compile (cold cache)
+        timeout=datetime.timedelta(seconds=300),
     )
     groups = {w: dist.new_group(list(range(w))) for w in (2, 3, 4)}
     short = dist.new_group([0, 1], timeout=datetime.timedelta(seconds=TIMEOUT))
@@ -215,6 +233,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
             result["stochastic"] = run_stochastic(groups[3])
         if rank < 2:
             result["mismatch"] = run_mismatch(groups[2], rank)
+            result["compiled"] = run_compiled(groups[2])
         dist.barrier()
         result["times"]["scenarios"] = time.perf_counter() - t0
         result["robust"] = {"honest": robust_loss(False), "adversarial": robust_loss(True)}

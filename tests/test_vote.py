@@ -217,6 +217,18 @@ def sent_votes(send: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def test_compiled_vote_equals_eager_on_every_rank(ranks):
+    """compile=True on 2 ranks: rank 1's graphs fold its rank key in (a rank traced as a
+    symbolic int once failed to compile there, and rank 0 then waited in the collective)."""
+    for r in (0, 1):
+        eager, compiled = ranks[r]["compiled"][False], ranks[r]["compiled"][True]
+        for e, c in zip(eager, compiled):
+            assert torch.equal(e, c)
+    for a, b in zip(ranks[0]["compiled"][True], ranks[1]["compiled"][True]):
+        assert torch.equal(a, b)
+    assert not torch.equal(ranks[0]["compiled"][True][0], vw.initial(5)[0])
+
+
 def test_stochastic_noise_is_independent_per_rank(ranks):
     votes = [[sent_votes(s) for s in ranks[r]["stochastic"]["sends"][:2]] for r in range(3)]
     # step 1 is deterministic (|m| = G); then identical gradients give different signs

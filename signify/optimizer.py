@@ -24,6 +24,7 @@ from torch import Tensor
 from . import validation
 from .adapters import Adapter, adapter_for
 from .executor import Executor
+from .sharding import local
 from .transforms.apply import ApplyUpdate
 from .transforms.base import Transform
 from .transforms.scale import RunningMaxScale
@@ -217,6 +218,11 @@ class SignifiedOptimizer(torch.optim.Optimizer):
             executor.invalidate()
 
     # ---------------------------------------------------------------- stepping
+    # Not traced by an outer torch.compile (as torch.optim's own state_dict/zero_grad): a
+    # compiled training step graph-breaks here and the step runs as it would eagerly,
+    # its own compiled graphs included. Tracing into it would follow the executor's host
+    # bookkeeping (plans, aliases made with set_) into dozens of graph breaks.
+    @torch._disable_dynamo
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """Perform one optimization step (``closure`` re-evaluates the loss, as in torch)."""
@@ -377,7 +383,8 @@ class SignifiedOptimizer(torch.optim.Optimizer):
         for i, p in zip(ids, params):
             for key, value in state_dict["state"].get(i, {}).items():
                 if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
-                    if value.dtype == torch.uint8 and value.shape == ((p.numel() + 7) // 8,):
+                    n = local(p).numel()  # a sharded parameter's bits cover its shard
+                    if value.dtype == torch.uint8 and value.shape == ((n + 7) // 8,):
                         continue  # packed signs, 1 bit per element (alias-lowmem)
                     raise ValueError(
                         f"state {key!r} of parameter {i} has shape {tuple(value.shape)}, "

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import compiled, rng
+from . import compiled, rng, sharding
 from .planning import (
     Bucket,
     Chunk,
@@ -53,6 +53,7 @@ from .planning import (
     dim_order,
     powers_of_two,
 )
+from .sharding import local
 from .transforms.base import State, Transform, freeze_static
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class Executor:
         self.rank = 0  # set by transforms whose ranks must draw independent noise
         #: 0-d bool of the current step (None when unchecked); read by ``finalize`` hooks
         self.ok: Tensor | None = None
+        #: the process group over which the parameters are sharded (FSDP2), else None
+        self.shard_group: Any = sharding.shard_group(opt.all_params())
         # Segments: [start, end) ranges of the chain split after each barrier transform.
         self.segments: list[tuple[int, int]] = []
         start = 0
@@ -254,7 +257,7 @@ class Executor:
         # noise does not depend on how it is chunked.
         keys = []
         for cps, padding, _ in pieces:
-            keys += [rng.tensor_key(position[p]) for p in cps]
+            keys += [rng.tensor_key(position[p], sharding.shard_index(p)) for p in cps]
             keys += [rng.tensor_key(len(position) + len(keys) + i) for i in range(padding)]
         tensor_keys = torch.tensor(keys, dtype=torch.int64, device=device)
         step_keys = torch.zeros_like(tensor_keys, dtype=torch.int32)
@@ -279,7 +282,7 @@ class Executor:
         rows: bool,
     ) -> Chunk:
         opt = self.opt
-        orders = [dim_order(p) for p in cps]
+        orders = [dim_order(local(p)) for p in cps]
         like = cps[0]
         pads = [torch.zeros(compiled.ROW, dtype=like.dtype, device=device) for _ in range(padding)]
         pad_grads = [
@@ -298,7 +301,7 @@ class Executor:
                 pad_counters += pad_state.get(name, [])
             st.update(t.plan(cps, gi))
             states.append(st)
-        views = [alias(p.data, o) for p, o in zip(cps, orders)] + pads
+        views = [alias(local(p.data), o) for p, o in zip(cps, orders)] + pads
         return Chunk(
             gi,
             cps,
@@ -339,6 +342,7 @@ class Executor:
             self._ensure_state(active)
             self._plan = self._build_plan(active)
             self._plan_key_ = self._plan_key(active)
+            self.shard_group = sharding.shard_group(opt.all_params())
             self._graph = None
         plan = self._plan
         hypers = {
@@ -347,7 +351,12 @@ class Executor:
             )
             for c in plan.chunks()
         }
-        if self.graphs and plan.devices[0].type == "cuda" and len(plan.devices) == 1:
+        if (
+            self.graphs
+            and self.shard_group is None
+            and plan.devices[0].type == "cuda"
+            and len(plan.devices) == 1
+        ):
             self._graphed_step(plan, hypers)
         else:
             self.ok = self._run(plan, hypers)
@@ -358,7 +367,7 @@ class Executor:
         """Replay the captured step while nothing it reads by address has moved."""
         sig = (
             id(plan),
-            tuple(p.grad.data_ptr() for p in plan.grad_params),  # type: ignore[union-attr]
+            tuple(local(p.grad).data_ptr() for p in plan.grad_params),  # type: ignore[arg-type]
             self.hyper.version,
             self.rank,
         )
@@ -393,7 +402,7 @@ class Executor:
         }
         per_chunk = []
         for c in plan.chunks():
-            grads = [alias(p.grad, o) for p, o in zip(c.params, c.orders)]  # type: ignore[arg-type]
+            grads = [alias(local(p.grad), o) for p, o in zip(c.params, c.orders)]  # type: ignore[arg-type]
             per_chunk.append((c, grads + c.pad_grads, hypers[(c.group_index, c.device)]))
 
         with compiled.no_duck_shapes():
@@ -403,7 +412,7 @@ class Executor:
             mode: str | None = None
             if check and not self.has_prepare and self.finite_check == "foreach":
                 mode = "foreach"
-                norms = torch._foreach_norm([p.grad for p in plan.grad_params], 1)  # type: ignore[misc]
+                norms = torch._foreach_norm([local(p.grad) for p in plan.grad_params], 1)  # type: ignore[arg-type, misc]
                 bad = torch.stack(norms).float()
             elif check or self.has_prepare:
                 mode = "graph" if check else None
@@ -414,6 +423,9 @@ class Executor:
                         pkey, _maker(compiled.make_prepare, self.chain, c.static, check, c.rows)
                     )
                     run(c.views, grads, c.states, hyper, c.keys, shared_tensors, bad)
+            if check and self.shard_group is not None:
+                # a non-finite entry may sit in one rank's shard: every rank must skip
+                bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
             if self.nonfinite == "raise":
                 assert bad is not None
                 flag = (bad != 0).any() if mode == "graph" else ~torch.isfinite(bad).all()

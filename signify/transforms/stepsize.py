@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from .. import rng
+from .. import rng, sharding
 from .base import State, StepContext, Transform, Update
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class StepsizeOracle(Transform):
         self.process_group = process_group
         self._opt: SignifiedOptimizer | None = None
         self._finalize_fn: Callable[..., None] | None = None
+        self._shards: Any = None  # the shard group of sharded (FSDP2) parameters
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -107,6 +108,7 @@ class StepsizeOracle(Transform):
         new = copy.copy(self)
         new._opt = None
         new._finalize_fn = None
+        new._shards = None
         return new
 
     # ---- per-slot scalars --------------------------------------------------------------
@@ -151,6 +153,13 @@ class StepsizeOracle(Transform):
     # ---- hooks -------------------------------------------------------------------------
     def bind(self, opt: SignifiedOptimizer) -> None:
         self._opt = opt
+        self._shards = sharding.shard_group(opt.all_params())
+        if self._shards is not None and self.reduce in ("mean", "none"):
+            raise ValueError(
+                f"{type(self).__name__}: reduce={self.reduce!r} with sharded (FSDP2) "
+                "parameters would give each shard its own estimate; their norms must be "
+                "summed over the shards: leave reduce='auto' (or pass 'sum')"
+            )
 
     def plan(self, params: Sequence[Tensor], group_index: int) -> State:
         """``slots``: the slot of each tensor (one entry when the whole chunk shares one)."""
@@ -228,16 +237,26 @@ class StepsizeOracle(Transform):
         return [u.lr * s for s in u.step_scale]
 
     # ---- distributed -------------------------------------------------------------------
+    def group(self) -> Any:
+        """The process group of the reductions: the one given, else the shard group of
+        sharded parameters (FSDP2), else the default group."""
+        return self.process_group if self.process_group is not None else self._shards
+
     def reduce_mode(self) -> str:
+        """``"auto"`` is ``"sum"`` over the shard group for sharded parameters (each rank
+        holds a part of every tensor), ``"mean"`` over the default group otherwise (data
+        parallel: replicated parameters, per-rank gradients)."""
         if self.reduce == "none":
             return "none"
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             if self.reduce in ("mean", "sum") and self.process_group is not None:
                 raise RuntimeError("a process_group was given but torch.distributed is not up")
             return "none"
-        if torch.distributed.get_world_size(self.process_group) == 1:
+        if torch.distributed.get_world_size(self.group()) == 1:
             return "none"
-        return "mean" if self.reduce == "auto" else self.reduce
+        if self.reduce == "auto":
+            return "sum" if self._shards is not None else "mean"
+        return self.reduce
 
     def all_reduce(self, mine: dict[str, Tensor]) -> None:
         """Make every rank see the same accumulators: one all-gather of the few floats, then
@@ -249,9 +268,10 @@ class StepsizeOracle(Transform):
 
         acc_sum, acc_max = mine["acc_sum"], mine["acc_max"]
         flat = torch.cat([acc_sum.reshape(-1), acc_max.reshape(-1)])
-        world = dist.get_world_size(self.process_group)
+        group = self.group()
+        world = dist.get_world_size(group)
         out = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
-        dist.all_gather_into_tensor(out, flat, group=self.process_group)
+        dist.all_gather_into_tensor(out, flat, group=group)
         out = out.view(world, -1)
         k = acc_sum.numel()
         sums = out[:, :k].sum(0)
@@ -267,8 +287,8 @@ class StepsizeOracle(Transform):
         import torch.distributed as dist
 
         x = x.clone()
-        dist.all_reduce(x, group=self.process_group)
-        return x / dist.get_world_size(self.process_group)
+        dist.all_reduce(x, group=self.group())
+        return x / dist.get_world_size(self.group())
 
     # ---- logging -----------------------------------------------------------------------
     def stepsizes(self, opt: SignifiedOptimizer) -> list[Tensor]:
@@ -329,6 +349,9 @@ class ConstantStepsize(StepsizeOracle):
 
     def shared_state(self, device: torch.device) -> dict[str, Any]:
         return {}
+
+    def bind(self, opt: SignifiedOptimizer) -> None:
+        self._opt = opt  # no reductions: nothing to check for sharded parameters
 
     def plan(self, params: Sequence[Tensor], group_index: int) -> State:
         return {}

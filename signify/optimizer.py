@@ -356,21 +356,55 @@ class SignifiedOptimizer(torch.optim.Optimizer):
                     f"this optimizer has {names}"
                 )
         self._check_shapes(state_dict)
-        super().load_state_dict(state_dict)
-        for p in self.all_params():
-            st = self.state.get(p)
-            if st:
-                self.state[p] = self._restore_param_state(p, st)
-        if extra is not None:
-            self._seed = extra.get("seed", self._seed)
-            self._shared = {k: dict(v) for k, v in extra.get("shared", {}).items()}
-            for t in self._chain:
-                if t.name in extra.get("extra", {}):
-                    t.load_extra_state(extra["extra"][t.name])
+        before = self._snapshot()
+        try:
+            super().load_state_dict(state_dict)
+            for p in self.all_params():
+                st = self.state.get(p)
+                if st:
+                    self.state[p] = self._restore_param_state(p, st)
+            if extra is not None:
+                self._seed = extra.get("seed", self._seed)
+                self._shared = {k: dict(v) for k, v in extra.get("shared", {}).items()}
+                for t in self._chain:
+                    if t.name in extra.get("extra", {}):
+                        t.load_extra_state(extra["extra"][t.name])
+            self._after_load()
+        except Exception:
+            self._restore(before)  # a state_dict a transform rejects changes nothing
+            raise
+
+    def _after_load(self) -> None:
         self._executor.invalidate()
         self._executor.hyper.clear()
         for t in self._chain:
             t.after_load(self)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What `load_state_dict` changes (torch's load replaces state and groups by new
+        objects, so references to the old ones are a snapshot)."""
+        return {
+            "state": self.state,
+            "param_groups": self.param_groups,
+            "entries": {p: dict(st) for p, st in self.state.items()},
+            "shared": self._shared,
+            "seed": self._seed,
+            "extra": {t.name: t.extra_state() for t in self._chain},
+            "flags": [(p, p.requires_grad) for p in self.all_params()],
+        }
+
+    def _restore(self, before: dict[str, Any]) -> None:
+        self.state = before["state"]
+        self.state.clear()
+        self.state.update(before["entries"])
+        self.param_groups = before["param_groups"]
+        self._shared, self._seed = before["shared"], before["seed"]
+        for t in self._chain:
+            if before["extra"][t.name] is not None:
+                t.load_extra_state(before["extra"][t.name])
+        for p, flag in before["flags"]:
+            p.requires_grad_(flag)
+        self._after_load()
 
     def _check_shapes(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("param_groups", [])

@@ -323,7 +323,24 @@ class StepsizeOracle(Transform):
         for i, e in enumerate(eff):
             ctx.write(i, state["s_prev"][i], e, _SCALAR)
 
+    def extra_state(self) -> dict[str, Any] | None:
+        return {"scope": self.scope}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("scope", self.scope) != self.scope:
+            raise ValueError(
+                f"{type(self).__name__}: the state_dict was saved with scope="
+                f"{state.get('scope')!r}, this optimizer has scope={self.scope!r}"
+            )
+
     def after_load(self, opt: SignifiedOptimizer) -> None:
+        mine = opt._shared.get(self.name, {})
+        have, n = (mine["gamma"].numel() if "gamma" in mine else 1), self.n_slots(opt)
+        if have not in (1, n):  # one slot: saved before the first step, grown on use
+            raise ValueError(
+                f"{type(self).__name__}: the state_dict holds {have} stepsize slots, this "
+                f"optimizer has {n} (scope={self.scope!r}): other param groups or parameters"
+            )
         # torch's load_state_dict casts state to the parameter's dtype: packed bits back
         key = self.state_prefix + "bits"
         for st in opt.state.values():

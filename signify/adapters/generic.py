@@ -77,9 +77,7 @@ class GenericAdapter(Adapter):
             if not finite:
                 if self.nonfinite == "raise":
                     raise FloatingPointError("non-finite gradient (nonfinite='raise')")
-                for p in params:
-                    opt.state[p]["delta"].zero_()
-                return
+                return  # the executor skips the step (its own check): nothing may change
         chosen = set(params)
         hidden = {}
         for g in inner.param_groups:

@@ -103,6 +103,8 @@ class AliasAdam(StepsizeOracle):
     def compute(self, s: dict[str, Tensor], ok: Tensor | None) -> None:
         b = math.sqrt(self.beta)
         r = b * s["r"] + (1.0 - b) * s["d"] * s["acc_sum"][0]
+        # an overflowed agreement (finite gradients near 3.4e38) keeps the last estimate
+        r = torch.where(r.isfinite(), r, s["r"])
         d = torch.maximum(s["d"], r)
         for k, v in (("r", r), ("d", d), ("gamma", d)):
             s[k].copy_(v if ok is None else torch.where(ok, v, s[k]))

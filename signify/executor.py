@@ -36,6 +36,7 @@ synchronises once. ``SIGNIFY_CUDA_GRAPHS=0`` turns this off.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -402,8 +403,18 @@ class Executor:
             self.ok = self._run(plan, hypers)
             return
         cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cuda_graph):  # synchronises once, records without running
-            ok = self._run(plan, hypers)
+        try:
+            # Synchronises once; records without running. thread_local: other threads'
+            # CUDA work (a data loader's copies) does not invalidate the capture.
+            with torch.cuda.graph(cuda_graph, capture_error_mode="thread_local"):
+                ok = self._run(plan, hypers)
+        except RuntimeError as e:  # something in the chain cannot be captured: run plainly
+            self.graphs = False
+            warnings.warn(
+                f"signify: CUDA graph capture failed, stepping without ({e})", stacklevel=3
+            )
+            self.ok = self._run(plan, hypers)
+            return
         cuda_graph.replay()
         self._graph = [sig, cuda_graph, ok, 0]
         self.ok = ok

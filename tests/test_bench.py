@@ -24,5 +24,5 @@ def test_step_bench_cpu_smoke(tmp_path):
     for row in rows.values():
         assert row["ms"] > 0 and row["recompiles"] == 0, row
     assert rows["Signum"]["B_param"] == 20 and rows["SignAdam stochastic"]["B_param"] == 28
-    assert rows["SignAdamax stochastic"]["adapter"] == "traced"
+    assert rows["SignAdamax stochastic"]["adapter"] in ("traced", "adamax")  # not run-and-read
     assert "| workload | dtype | row |" in r.stdout.splitlines()[-len(rows) - 2]

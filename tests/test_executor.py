@@ -89,3 +89,27 @@ def test_bad_layout_env(monkeypatch):
     monkeypatch.setenv("SIGNIFY_LAYOUT", "diagonal")
     with pytest.raises(ValueError, match="SIGNIFY_LAYOUT"):
         signify.Signum(_params(), lr=0.1)
+
+
+def test_tuple_hyperparameters_change_in_place():
+    """A new betas pair is copied into the same device tensor (a captured CUDA graph reads
+    it by address) and takes effect: sign=False steps like torch.optim.Adam."""
+    ref_ps, ps = _params(), _params()
+    ref = torch.optim.Adam(ref_ps, lr=0.01)
+    opt = signify.signify(torch.optim.Adam, sign=False)(ps, lr=0.01)
+    gen = torch.Generator().manual_seed(3)
+    for s in range(4):
+        if s == 2:
+            for g in (ref.param_groups[0], opt.param_groups[0]):
+                g["betas"] = (0.5, 0.9)
+        for p, q in zip(ref_ps, ps):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        if s == 2:
+            betas = opt._executor.hyper._tensors[(0, torch.device("cpu"))]["betas"]
+        ref.step()
+        opt.step()
+    assert opt._executor.hyper._tensors[(0, torch.device("cpu"))]["betas"] is betas
+    torch.testing.assert_close(betas, torch.tensor([0.5, 0.9]))
+    for a, b in zip(ref_ps, ps):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -61,6 +61,11 @@ CASES = [
 ]
 
 
+def _own(base):
+    """``base`` with its step overridden: no hand-written adapter applies, it is traced."""
+    return type(f"Own{base.__name__}", (base,), {"step": lambda self, c=None: base.step(self, c)})
+
+
 @pytest.mark.parametrize("base,kw", CASES, ids=lambda x: getattr(x, "__name__", ""))
 def test_traced_sign_false_is_the_base(base, kw):
     """signify(base, sign=False) through the traced graph steps exactly like torch.optim,
@@ -177,9 +182,39 @@ def test_custom_optimizer_is_traced_and_untraceable_falls_back():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = signify.signify(ItemReader)(_params(), lr=0.05)
+        opt = signify.signify(ItemReader, sign=False)(ps := _params(), lr=0.05)
     assert isinstance(opt.chain[0], GenericAdapter)
+    ref = _steps(ItemReader(ref_ps := _params(), lr=0.05), ref_ps, 3)
+    for a, b in zip(ref, _steps(opt, ps, 3)):  # run-and-read steps (its state exists first)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     assert isinstance(adapter_for(torch.optim.SGD), signify.adapters.SGDAdapter)
+
+
+class AdamThenShrink(torch.optim.Adam):
+    """Adam, then a shrink that does not scale with lr (so not lr * decay)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.mul_(0.99)
+
+
+def test_fixed_shrink_is_kept_exactly():
+    kw = {"lr": 0.01}
+    ref = _steps(AdamThenShrink(ps := _params(), **kw), ps, 4)
+    opt = signify.signify(AdamThenShrink, sign=False)(ps := _params(), **kw)
+    assert isinstance(opt.chain[0], TracedAdapter)
+    for a, b in zip(ref, _steps(opt, ps, 4)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_tracing_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("SIGNIFY_TRACED", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert isinstance(adapter_for(_own(torch.optim.Adadelta)), GenericAdapter)
 
 
 def test_baked_hyperparameter_change_and_torch_checkpoint():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,16 +34,18 @@ def adapter_for(
     """The adapter for ``base``: a registered one if ``base`` is (or subclasses without
     changing ``step``) a known class; else the traced one (`signify.adapters.traced`) when
     the base's step traces with the settings ``hyper`` (its defaults if None); else the
-    generic run-and-read path."""
+    generic run-and-read path. ``SIGNIFY_TRACED=0`` skips tracing (run-and-read for every
+    base without a hand-written adapter, e.g. to check one path against the other)."""
     for cls in ADAPTERS:
         for known in cls.bases:
             if base is known or (issubclass(base, known) and base.step is known.step):
                 return cls(base)
-    from .traced import TracedAdapter
+    if os.environ.get("SIGNIFY_TRACED", "1") != "0":
+        from .traced import TracedAdapter
 
-    traced = TracedAdapter.build(base, _defaults(base) if hyper is None else hyper)
-    if traced is not None:
-        return traced
+        traced = TracedAdapter.build(base, _defaults(base) if hyper is None else hyper)
+        if traced is not None:
+            return traced
     from .generic import GenericAdapter
 
     return GenericAdapter(base)

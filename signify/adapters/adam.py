@@ -44,9 +44,7 @@ class AdamAdapter(Adapter):
         return state
 
     def begin(self, u: Update, state: State, ctx: StepContext) -> Update:
-        if self.decoupled(ctx) and ctx.flag("weight_decay"):
-            u.decay = ctx.hyper["weight_decay"]
-        return u
+        return self.decoupled_decay(u, ctx, self.decoupled(ctx))
 
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         beta1, beta2 = ctx.hyper["betas"][0], ctx.hyper["betas"][1]

@@ -70,6 +70,14 @@ class Adapter(Transform):
             g = g + ctx.hyper["weight_decay"] * up(u.params[i])
         return g
 
+    @staticmethod
+    def decoupled_decay(u: Update, ctx: StepContext, decoupled: bool) -> Update:
+        """Hand the base's weight decay to the parameter write when the base decouples it
+        (AdamW's form, ``x <- x - lr * wd * x`` in the same step)."""
+        if decoupled and ctx.flag("weight_decay"):
+            u.decay = ctx.hyper["weight_decay"]
+        return u
+
     def migrate(self, state: dict[str, Any], param: Tensor) -> dict[str, Any]:
         """Fill keys a torch.optim checkpoint lacks (called on load)."""
         return state

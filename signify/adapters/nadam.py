@@ -48,9 +48,7 @@ class NAdamAdapter(Adapter):
         return state
 
     def begin(self, u: Update, state: State, ctx: StepContext) -> Update:
-        if ctx.flag("decoupled_weight_decay") and ctx.flag("weight_decay"):
-            u.decay = ctx.hyper["weight_decay"]
-        return u
+        return self.decoupled_decay(u, ctx, ctx.flag("decoupled_weight_decay"))
 
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         beta1, beta2 = ctx.hyper["betas"][0], ctx.hyper["betas"][1]

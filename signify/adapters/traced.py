@@ -18,7 +18,11 @@ and ``self.state[p]`` tensors and updates ``p`` in place with the ops above; one
 steps several tensors jointly, or needs a closure falls back to run-and-read. Differences
 from the hand-written adapters: the traced path computes the base's whole state (a
 deterministic sign does not drop the denominator's state), and every factor but lr stays
-inside ``a / sigma`` (so Adagrad's lr decay is not a separate ``step_scale``).
+inside ``a / sigma`` (so Adagrad's lr decay is not a separate ``step_scale``). Difference
+from run-and-read: a multiplicative shrink of the parameter (decoupled weight decay, or a
+fixed ``p.mul_(0.99)``) is kept exactly as the base applies it, and only the rest of the
+update is sign-converted (run-and-read converts the whole delta, shrink included).
+``SIGNIFY_TRACED=0`` turns tracing off.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class TracedAdapter(Adapter):
         self.has_scale = spec.has_scale  # type: ignore[misc]
         self._specs: list[fxtrace.Spec] = []
         self._index: dict[int, int] = {}
+        self._streams: dict[str, int] = {}
         self._add(spec)
 
     @classmethod
@@ -103,6 +108,8 @@ class TracedAdapter(Adapter):
         if i is None:
             i = self._index[id(spec)] = len(self._specs)
             self._specs.append(spec)
+            # Stream constants hashed here, on the host: dynamo (2.11) cannot iterate bytes.
+            self._streams.update({k: stream(k) for k in spec.keys})
         return i
 
     def _spec(self, group: Mapping[str, Any]) -> fxtrace.Spec:
@@ -180,7 +187,7 @@ class TracedAdapter(Adapter):
                 st.append(v if spec.elementwise[k] else v.reshape(()))
             outs = spec.update.forward(u.params[i].float(), u.grads[i].float(), *st, *hypers)
             for k, new in zip(spec.live, outs[:nlive]):
-                ctx.write(i, state[k][i], new, stream(k))
+                ctx.write(i, state[k][i], new, self._streams[k])
             num.append(outs[nlive])
             scale.append(outs[nlive + 1])
         u.num = num

@@ -1,0 +1,48 @@
+"""Worker of tests/test_vote_blocks.py: 2 gloo ranks train with blocks="depth" and vote."""
+
+from __future__ import annotations
+
+import datetime
+
+import torch
+import torch.distributed as dist
+
+import signify
+
+SIZES = [(6, 5), (13,), (4, 4)]  # one tensor per layer, sizes not multiples of 8
+STEPS = 9
+LR = 0.01
+
+
+def initial() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=gen) for s in SIZES]
+
+
+def gradient(rank: int, step: int, i: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1000 * rank + 10 * step + i)
+    return torch.randn(SIZES[i], generator=gen)
+
+
+def worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    params = [torch.nn.Parameter(x.clone()) for x in initial()]
+    named = [(f"layers.{i}.weight", p) for i, p in enumerate(params)]
+    opt = signify.signify(torch.optim.SGD, blocks="depth", vote="majority")(
+        named, lr=LR, momentum=0.9
+    )
+    coords = []
+    for step in range(STEPS):
+        for i, p in enumerate(params):  # as autograd would: only trainable tensors get a grad
+            p.grad = gradient(rank, step, i) if p.requires_grad else None
+        opt.step()
+        coords.append(opt.vote_stats["coords"])
+    torch.save({"params": [p.detach() for p in params], "coords": coords}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()

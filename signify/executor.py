@@ -372,8 +372,7 @@ class Executor:
     def _raise_if_nonfinite(self, active: list[list[Tensor]]) -> None:
         """``nonfinite="raise"``: one host sync (documented) on the gradients' max-abs norms."""
         grads = [local(p.grad) for ps in active for p in ps]
-        norms = torch._foreach_norm(grads, _MAX_ABS)  # type: ignore[arg-type, misc]
-        bad, mode = torch.stack(norms), "foreach"
+        bad, mode = _max_abs(grads), "foreach"  # type: ignore[arg-type]
         if self.shard_group is not None:  # every rank of a sharded step raises together
             bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
         flag = ~torch.isfinite(bad).all() if mode == "foreach" else (bad != 0).any()
@@ -440,8 +439,7 @@ class Executor:
             if check and not self.has_prepare and self.finite_check == "foreach":
                 mode = "foreach"
                 grads_ = [local(p.grad) for p in plan.grad_params]
-                norms = torch._foreach_norm(grads_, _MAX_ABS)  # type: ignore[arg-type, misc]
-                bad = torch.stack(norms)  # in the widest dtype: no cast overflows to inf
+                bad = _max_abs(grads_, device)  # type: ignore[arg-type]
             elif check or self.has_prepare:
                 mode = "graph" if check else None
                 bad = torch.zeros(1, dtype=torch.float32, device=device)
@@ -518,3 +516,15 @@ def _overrides(t: Transform, name: str) -> bool:
 
 def env_chunk(default: int = 8) -> int:
     return int(os.environ.get("SIGNIFY_COMPILE_CHUNK", default))
+
+
+def _max_abs(grads: list[Tensor], device: torch.device | None = None) -> Tensor:
+    """Max |g| of each non-empty gradient, stacked in the widest dtype (no cast overflows
+    to inf). Empty gradients hold no non-finite value and have no infinity norm (torch
+    raises on them): they are left out; with none left, a single 0."""
+    if device is None and grads:
+        device = grads[0].device
+    grads = [g for g in grads if g.numel() > 0]
+    if not grads:
+        return torch.zeros(1, device=device)
+    return torch.stack(torch._foreach_norm(grads, _MAX_ABS))  # type: ignore[arg-type, misc]

@@ -1,0 +1,315 @@
+"""Fuzzing (hypothesis), eager only: random hyperparameters, shapes (0-d and empty included),
+dtypes and transform chains.
+
+* ``sign=False`` is the torch.optim base, for every adapter family with random
+  hyperparameters: signify rejects exactly the hyperparameters torch rejects (same error
+  type), and otherwise steps like torch. fp32/fp64: to the rounding of the per-step scalars,
+  which the executor keeps as float32 device tensors (measured, not bit for bit: see
+  docs/reliability.md); bf16: writes are stochastically rounded by design, so each step may
+  land one bf16 ulp away from torch's fp32 trajectory instead of round-to-nearest's half ulp.
+* Random chains (sign, stochastic sign, blocks, stepsize oracles, decoupled weight decay,
+  state_dtype, nonfinite, scale_beta, explicit transform lists in random orders, mixed
+  dtypes, frozen parameters, missing gradients): a configuration is either rejected at
+  construction with a ValueError/TypeError that says something, or every step runs, and
+  finite gradients (1e-30 to 1e30) never leave a non-finite parameter.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import signify
+from signify.transforms import (
+    Alias,
+    AliasAdam,
+    AliasLowMem,
+    Blocks,
+    ConstantStepsize,
+    DecoupledWeightDecay,
+    ExpectedSign,
+    Sign,
+    StochasticSign,
+)
+
+# Examples per property (the figures in docs/reliability.md come from these settings).
+# SIGNIFY_FUZZ_EXAMPLES raises both for a long run.
+EQUAL_EXAMPLES = int(os.environ.get("SIGNIFY_FUZZ_EXAMPLES", 300))
+CHAIN_EXAMPLES = int(os.environ.get("SIGNIFY_FUZZ_EXAMPLES", 300))
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+SHAPES = [(), (0,), (3, 0), (5,), (2, 3), (1, 1, 1), (4, 2, 2)]
+shapes = st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4)
+lrs = st.floats(0.0, 1.0)
+betas = st.tuples(st.floats(0.0, 0.99), st.floats(0.0, 0.999))
+epss = st.one_of(st.just(0.0), st.floats(1e-12, 1e-2))
+wds = st.one_of(st.just(0.0), st.floats(0.0, 0.1))
+flag = st.booleans()
+
+#: family -> strategy of its hyperparameters (torch's names; a few invalid on purpose, e.g.
+#: nesterov with dampening, which torch and signify must both reject).
+HYPER = {
+    "SGD": st.fixed_dictionaries(
+        dict(
+            lr=lrs,
+            momentum=st.one_of(st.just(0.0), st.floats(0.0, 0.99)),
+            dampening=st.one_of(st.just(0.0), st.floats(0.0, 0.5)),
+            weight_decay=wds,
+            nesterov=flag,
+            maximize=flag,
+        )
+    ),
+    "Adam": st.fixed_dictionaries(
+        dict(lr=lrs, betas=betas, eps=epss, weight_decay=wds, amsgrad=flag, maximize=flag)
+    ),
+    "AdamW": st.fixed_dictionaries(
+        dict(lr=lrs, betas=betas, eps=epss, weight_decay=st.floats(0.0, 0.5), amsgrad=flag)
+    ),
+    "Adamax": st.fixed_dictionaries(
+        dict(lr=lrs, betas=betas, eps=epss, weight_decay=wds, maximize=flag)
+    ),
+    "RMSprop": st.fixed_dictionaries(
+        # alpha < 1 and eps > 0: centered RMSprop divides by sqrt(v - m^2), 0 for alpha = 0
+        dict(
+            lr=lrs,
+            alpha=st.floats(0.5, 0.999),
+            eps=st.floats(1e-10, 1e-2),
+            weight_decay=wds,
+            momentum=st.one_of(st.just(0.0), st.floats(0.0, 0.9)),
+            centered=flag,
+            maximize=flag,
+        )
+    ),
+    "Adagrad": st.fixed_dictionaries(
+        dict(
+            lr=lrs,
+            lr_decay=st.one_of(st.just(0.0), st.floats(0.0, 0.1)),
+            weight_decay=wds,
+            initial_accumulator_value=st.one_of(st.just(0.0), st.floats(0.0, 1.0)),
+            eps=st.floats(1e-12, 1e-2),
+            maximize=flag,
+        )
+    ),
+    "NAdam": st.fixed_dictionaries(
+        dict(
+            lr=lrs,
+            betas=betas,
+            eps=epss,
+            weight_decay=wds,
+            momentum_decay=st.one_of(st.just(0.0), st.floats(0.0, 0.1)),
+            decoupled_weight_decay=flag,
+            maximize=flag,
+        )
+    ),
+    "RAdam": st.fixed_dictionaries(
+        dict(
+            lr=lrs,
+            betas=betas,
+            eps=epss,
+            weight_decay=wds,
+            decoupled_weight_decay=flag,
+            maximize=flag,
+        )
+    ),
+}
+FAMILIES = sorted(HYPER)
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}
+
+
+@st.composite
+def base_config(draw):
+    family = draw(st.sampled_from(FAMILIES))
+    return family, draw(HYPER[family])
+
+
+def _groups(params, kw, two):
+    if not two or len(params) < 2:
+        return [{"params": params}]
+    return [{"params": params[:1]}, {"params": params[1:], "lr": kw["lr"] * 0.5}]
+
+
+def _base_rejects(cls, kw):
+    try:
+        cls([torch.zeros(1, requires_grad=True)], **kw)
+    except (ValueError, TypeError) as e:
+        return type(e)
+    return None
+
+
+# ------------------------------------------------------------------ sign=False is the base
+@settings(FUZZ, max_examples=EQUAL_EXAMPLES)
+@given(
+    cfg=base_config(),
+    dtype=st.sampled_from(sorted(DTYPES)),
+    shape_list=shapes,
+    steps=st.integers(1, 6),
+    two_groups=flag,
+    grad_exp=st.floats(-3.0, 3.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_sign_false_equals_the_base(cfg, dtype, shape_list, steps, two_groups, grad_exp, seed):
+    family, kw = cfg
+    cls = getattr(torch.optim, family)
+    dt = DTYPES[dtype]
+    rejected = _base_rejects(cls, kw)
+    event(f"{family} {dtype}")
+    if rejected is not None:  # signify refuses what torch refuses, with the same type
+        event(f"both refuse: {rejected.__name__}")
+        with pytest.raises(rejected):
+            signify.signify(cls, sign=False)([torch.zeros(1, requires_grad=True)], **kw)
+        return
+    gen = torch.Generator().manual_seed(seed)
+    x0 = [torch.randn(s, generator=gen).to(dt) for s in shape_list]
+    # torch runs in the parameter's dtype (fp32 for bf16: the trajectory to stay close to)
+    ref_dt = torch.float32 if dt == torch.bfloat16 else dt
+    ref_p = [x.to(ref_dt, copy=True).requires_grad_() for x in x0]
+    sig_p = [x.clone().requires_grad_() for x in x0]
+    ref = cls(_groups(ref_p, kw, two_groups), **kw)
+    sig = signify.signify(cls, sign=False, seed=0)(_groups(sig_p, kw, two_groups), **kw)
+    mag = [x.abs().to(torch.float64) for x in x0]
+    for _ in range(steps):
+        for a, b in zip(ref_p, sig_p):
+            g = (torch.randn(a.shape, generator=gen) * 10**grad_exp).to(dt)
+            a.grad, b.grad = g.to(ref_dt), g.clone()
+        ref.step()
+        sig.step()
+        for a, m in zip(ref_p, mag):
+            m.copy_(torch.maximum(m, a.detach().abs().double()))
+    for i, (x, a, b, m) in enumerate(zip(x0, ref_p, sig_p, mag)):
+        assert b.dtype == dt and b.shape == x.shape
+        assert torch.isfinite(b).all() == torch.isfinite(a).all(), i
+        err = (a.detach().double() - b.detach().double()).abs()
+        if dt == torch.bfloat16:
+            # at most one bf16 ulp (2^-7 |x|) per step from stochastic rounding, doubled
+            # for the bf16 state buffers' own rounding
+            bound = 2 * steps * 2.0**-7 * m
+        else:
+            # float32 per-step scalars: relative to how far the parameter moved, plus the
+            # parameter's own rounding per step
+            moved = (a.detach().double() - x.double()).abs().max() if x.numel() else 0.0
+            bound = 1e-4 * moved + 8 * steps * torch.finfo(dt).eps * m
+        assert (err <= bound).all(), f"{family} {kw} {dtype} tensor {i}: {err.max()}"
+
+
+# ------------------------------------------------------------------ random chains
+stepsizes = st.one_of(
+    st.none(),
+    st.sampled_from(["alias", "alias-lowmem", "alias-adam", "constant"]),
+    st.builds(
+        Alias,
+        scope=st.sampled_from(["global", "group", "tensor"]),
+        gamma_max=st.one_of(st.none(), st.floats(1e-3, 10.0)),
+        d_0=st.floats(1e-8, 1.0),
+    ),
+    st.builds(Alias, f_lower=st.floats(-1.0, 0.0), f0=st.floats(0.0, 10.0)),
+    st.builds(AliasLowMem, scope=st.sampled_from(["global", "group", "tensor"])),
+    st.builds(
+        AliasAdam, beta=st.floats(0.0, 0.999), scope=st.sampled_from(["global", "group", "tensor"])
+    ),
+)
+blockss = st.one_of(
+    st.none(),
+    st.sampled_from(["depth", "cyclic", "random", "shuffle"]),
+    st.builds(
+        Blocks,
+        st.sampled_from(["depth", "cyclic", "random", "shuffle"]),
+        outside=st.sampled_from(["never", "always", "own"]),
+        switch_every=st.integers(1, 3),
+        inactive=st.sampled_from(["drop", "keep", "offload"]),
+    ),
+)
+options = st.fixed_dictionaries(
+    dict(
+        sign=flag,
+        stochastic=flag,
+        seed=st.integers(0, 2**63 - 1),
+        blocks=blockss,
+        stepsize=stepsizes,
+        state_dtype=st.sampled_from([None, torch.float32, torch.bfloat16, torch.float64]),
+        nonfinite=st.sampled_from(["skip", "raise", "ignore"]),
+        scale_beta=st.floats(1e-3, 1.0),
+    )
+)
+explicit_lists = st.lists(
+    st.one_of(
+        st.builds(Sign),
+        st.builds(StochasticSign),
+        st.builds(ExpectedSign),
+        st.builds(DecoupledWeightDecay, st.floats(0.0, 0.1)),
+        st.builds(Blocks, st.sampled_from(["depth", "cyclic"])),
+        st.builds(Alias),
+        st.builds(ConstantStepsize),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def _build(family, kw, opts, explicit, named, two_groups):
+    """The optimizer, or the ValueError/TypeError a configuration gets at construction."""
+    cls = getattr(torch.optim, family)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if explicit is not None:
+                opt_cls = signify.signify(cls, explicit, seed=opts["seed"])
+            else:
+                opt_cls = signify.signify(cls, **opts)
+            return opt_cls(_groups(named, kw, two_groups), **kw)
+    except (ValueError, TypeError) as e:
+        assert len(str(e)) > 10, repr(e)  # says something
+        event(f"refused at construction: {type(e).__name__}: {str(e)[:50]}")
+        return None
+
+
+@settings(FUZZ, max_examples=CHAIN_EXAMPLES)
+@given(
+    cfg=base_config(),
+    opts=options,
+    explicit=st.one_of(st.none(), st.none(), st.none(), explicit_lists),
+    dtype=st.sampled_from([*sorted(DTYPES), "mixed"]),
+    shape_list=shapes,
+    steps=st.integers(1, 5),
+    two_groups=flag,
+    frozen=flag,
+    grad_exp=st.lists(st.floats(-30.0, 30.0), min_size=5, max_size=5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_chains_step_or_refuse_and_stay_finite(
+    cfg, opts, explicit, dtype, shape_list, steps, two_groups, frozen, grad_exp, seed
+):
+    family, kw = cfg
+    if _base_rejects(getattr(torch.optim, family), kw) is not None:
+        event("base refuses its hyperparameters")
+        return  # covered by the test above
+    kw = {**kw, "lr": min(kw["lr"], 0.1)}
+    if not opts["sign"] and explicit is None:
+        grad_exp = [min(max(e, -6.0), 6.0) for e in grad_exp]  # the base's own g^2 stays finite
+    gen = torch.Generator().manual_seed(seed)
+    dts = list(DTYPES.values())
+    named = []
+    for i, s in enumerate(shape_list):
+        dt = dts[i % 3] if dtype == "mixed" else DTYPES[dtype]
+        named.append((f"layers.{i}.weight", torch.randn(s, generator=gen).to(dt).requires_grad_()))
+    if frozen:
+        named[0][1].requires_grad_(False)
+    opt = _build(family, kw, opts, explicit, named, two_groups)
+    if opt is None:
+        return
+    for k in range(steps):
+        for i, (_, p) in enumerate(named):
+            if not p.requires_grad or (i == 1 and k % 2 == 1):
+                p.grad = None
+                continue
+            scale = 10 ** grad_exp[(k + i) % 5]
+            p.grad = (torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale).to(p.dtype)
+        opt.step()  # never raises once constructed: grads are finite
+    event("stepped")
+    for name, p in named:
+        assert torch.isfinite(p).all(), (name, family, kw, opts, explicit)
+    assert opt.skipped_steps == 0

@@ -313,3 +313,29 @@ def test_random_chains_step_or_refuse_and_stay_finite(
     for name, p in named:
         assert torch.isfinite(p).all(), (name, family, kw, opts, explicit)
     assert opt.skipped_steps == 0
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_empty_and_0d_parameters_step(nonfinite):
+    """An empty parameter next to a 0-d one: the non-finite check leaves it out (torch's
+    max-abs norm refuses empty tensors; every step raised before), and an Inf in the other
+    parameters is still caught."""
+    ps = [torch.randn(0, requires_grad=True), torch.randn((), requires_grad=True), torch.randn(3)]
+    ps[2].requires_grad_()
+    opt = signify.signify(torch.optim.Adam, stochastic=True, nonfinite=nonfinite)(ps, seed=0)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in ps]
+    ps[1].grad = torch.tensor(float("inf"))
+    if nonfinite == "raise":
+        with pytest.raises(FloatingPointError):
+            opt.step()
+    else:
+        opt.step()
+        assert opt.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, ps))
+    ps[0].grad = None
+    ps[1].grad = torch.randn(())
+    opt.step()  # only the empty one lacks a gradient
+    assert not torch.equal(before[1], ps[1])

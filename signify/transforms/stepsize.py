@@ -91,6 +91,14 @@ class StepsizeOracle(Transform):
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         if not isinstance(reduce, str) or reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        if process_group is not None and not (
+            torch.distributed.is_available()
+            and isinstance(process_group, torch.distributed.ProcessGroup)
+        ):
+            raise TypeError(
+                f"process_group must be a torch.distributed ProcessGroup or None, "
+                f"got {type(process_group).__name__}"
+            )
         self.scope = scope
         self.reduce = reduce
         self.process_group = process_group

@@ -144,7 +144,7 @@ def resume_matches(base: str, rule: str, stop: int, bad: int | None, **options) 
 @settings(max_examples=12, deadline=None)
 @given(
     base=st.sampled_from(sorted(BASES)),
-    rule=st.sampled_from(["depth", "random"]),
+    rule=st.sampled_from(["depth", "random", "cyclic", "shuffle"]),
     stop=st.integers(0, TOTAL),
     bad=st.one_of(st.none(), st.integers(0, TOTAL - 1)),
 )

@@ -6,7 +6,8 @@ dtypes and transform chains.
   type), and otherwise steps like torch. fp32/fp64: to the rounding of the per-step scalars,
   which the executor keeps as float32 device tensors (measured, not bit for bit: see
   docs/reliability.md); bf16: writes are stochastically rounded by design, so each step may
-  land one bf16 ulp away from torch's fp32 trajectory instead of round-to-nearest's half ulp.
+  land one bf16 ulp away from torch's fp32 trajectory instead of round-to-nearest's half ulp
+  (checked with fp32 state and no L2 decay, where the write is the only difference).
 * Random chains (sign, stochastic sign, blocks, stepsize oracles, decoupled weight decay,
   state_dtype, nonfinite, scale_beta, explicit transform lists in random orders, mixed
   dtypes, frozen parameters, missing gradients): a configuration is either rejected at
@@ -167,10 +168,18 @@ def test_sign_false_equals_the_base(cfg, dtype, shape_list, steps, two_groups, g
     x0 = [torch.randn(s, generator=gen).to(dt) for s in shape_list]
     # torch runs in the parameter's dtype (fp32 for bf16: the trajectory to stay close to)
     ref_dt = torch.float32 if dt == torch.bfloat16 else dt
+    options = {}
+    if dt == torch.bfloat16:
+        # fp32 state and no L2 decay: the stochastically rounded parameter write is then
+        # the only difference (with bf16 state, or a decay that feeds the rounded weights
+        # back into the gradient, Adam with eps = 0 amplifies rounding without bound where
+        # |g| is tiny: torch's own bf16 run does the same)
+        options["state_dtype"] = torch.float32
+        kw = {**kw, "weight_decay": 0.0}
     ref_p = [x.to(ref_dt, copy=True).requires_grad_() for x in x0]
     sig_p = [x.clone().requires_grad_() for x in x0]
     ref = cls(_groups(ref_p, kw, two_groups), **kw)
-    sig = signify.signify(cls, sign=False, seed=0)(_groups(sig_p, kw, two_groups), **kw)
+    sig = signify.signify(cls, sign=False, seed=0, **options)(_groups(sig_p, kw, two_groups), **kw)
     mag = [x.abs().to(torch.float64) for x in x0]
     for _ in range(steps):
         for a, b in zip(ref_p, sig_p):
@@ -180,20 +189,26 @@ def test_sign_false_equals_the_base(cfg, dtype, shape_list, steps, two_groups, g
         sig.step()
         for a, m in zip(ref_p, mag):
             m.copy_(torch.maximum(m, a.detach().abs().double()))
+    worst = 0.0
     for i, (x, a, b, m) in enumerate(zip(x0, ref_p, sig_p, mag)):
         assert b.dtype == dt and b.shape == x.shape
         assert torch.isfinite(b).all() == torch.isfinite(a).all(), i
         err = (a.detach().double() - b.detach().double()).abs()
         if dt == torch.bfloat16:
-            # at most one bf16 ulp (2^-7 |x|) per step from stochastic rounding, doubled
-            # for the bf16 state buffers' own rounding
-            bound = 2 * steps * 2.0**-7 * m
+            # under one bf16 ulp (<= 2^-7 |x|) per step from the stochastic rounding of the
+            # write (a quarter more for the rounded value's own, larger magnitude)
+            bound = 1.25 * steps * 2.0**-7 * m
         else:
             # float32 per-step scalars: relative to how far the parameter moved, plus the
             # parameter's own rounding per step
             moved = (a.detach().double() - x.double()).abs().max() if x.numel() else 0.0
             bound = 1e-4 * moved + 8 * steps * torch.finfo(dt).eps * m
         assert (err <= bound).all(), f"{family} {kw} {dtype} tensor {i}: {err.max()}"
+        worst = max(worst, (err / bound).nan_to_num(0.0).max().item() if err.numel() else 0.0)
+    # how close to the bound it came, for docs/reliability.md (--hypothesis-show-statistics)
+    kind = "bf16" if dt == torch.bfloat16 else "fp32/fp64"
+    bucket = next(b for b in (0.01, 0.03, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0) if worst <= b)
+    event(f"{kind} error/bound <= {bucket}")
 
 
 # ------------------------------------------------------------------ random chains

@@ -237,3 +237,18 @@ def test_schema_version_is_saved_and_checked():
     _, fresh = _trained()
     with pytest.raises(ValueError, match="schema"):
         fresh.load_state_dict(sd)
+
+
+if __name__ == "__main__":
+    # The exhaustive sweep of docs/reliability.md: every base, rule, stop point and
+    # non-finite step position (PYTHONPATH=. python tests/test_reliability_resume.py).
+    import itertools
+    import time
+
+    t0, n = time.time(), 0
+    for base, rule, stop, bad in itertools.product(
+        sorted(BASES), ["depth", "cyclic", "random", "shuffle"], range(TOTAL + 1), [None, 0, 3, 7]
+    ):
+        resume_matches(base, rule, stop, bad)
+        n += 1
+    print(f"{n} resumes bit-identical in {time.time() - t0:.1f} s")

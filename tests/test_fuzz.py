@@ -313,6 +313,10 @@ def test_random_chains_step_or_refuse_and_stay_finite(
         named.append((f"layers.{i}.weight", torch.randn(s, generator=gen).to(dt).requires_grad_()))
     if frozen:
         named[0][1].requires_grad_(False)
+    if explicit is None and opts["stochastic"] and not opts["sign"]:
+        with pytest.raises(ValueError, match="stochastic"):  # refused, then fuzzed without
+            signify.signify(getattr(torch.optim, family), **opts)
+        opts = {**opts, "stochastic": False}
     opt = _build(family, kw, opts, explicit, named, two_groups)
     if opt is None:
         return

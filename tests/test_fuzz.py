@@ -358,3 +358,33 @@ def test_empty_and_0d_parameters_step(nonfinite):
     ps[1].grad = torch.randn(())
     opt.step()  # only the empty one lacks a gradient
     assert not torch.equal(before[1], ps[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoupled_decay_never_takes_a_weight_past_zero(dtype):
+    """Found by the chain fuzz: AliasAdam's estimate jumped to 1e21 on a 1e24 gradient, the
+    decay factor ``1 - lr * gamma * wd`` became -5e19 and the next step overflowed to -inf.
+    Where ``lr * decay > 1`` the decayed weight is 0 (then the sign step), and below that
+    the write is ``x - lr * (sign + wd * x)``, unchanged."""
+    x = torch.randn(50, dtype=torch.float64)
+    g = torch.randn(50, dtype=torch.float64)
+    for wd, lr in ((3.0, 0.5), (1.0, 0.5)):
+        p = x.to(dtype).clone().requires_grad_()
+        opt = signify.signify(torch.optim.SGD, [Sign(), DecoupledWeightDecay(wd)])([p], lr=lr)
+        p.grad = g.to(dtype)
+        opt.step()
+        x32, s = x.to(dtype).float(), torch.sign(g.to(dtype).float())
+        want = -lr * s if lr * wd > 1 else x32 - lr * (s + wd * x32)
+        if dtype == torch.float32:
+            assert torch.equal(p.detach(), want)
+        else:  # stochastic rounding: one of the two neighbours
+            assert ((p.detach().float() - want).abs() <= want.abs() * 2.0**-7).all()
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn((), generator=gen).to(dtype).requires_grad_()
+    opt = signify.signify(torch.optim.AdamW, stepsize="alias-adam", seed=0)(
+        [p], lr=0.1, betas=(0.0, 0.0), eps=0.0, weight_decay=0.5
+    )
+    for scale in (1.0, 1e24, 1.0, 1.0):
+        p.grad = (torch.randn((), generator=gen, dtype=torch.float64) * scale).to(dtype)
+        opt.step()
+        assert torch.isfinite(p)

@@ -371,8 +371,8 @@ class Executor:
 
     def _raise_if_nonfinite(self, active: list[list[Tensor]]) -> None:
         """``nonfinite="raise"``: one host sync (documented) on the gradients' max-abs norms."""
-        grads = [local(p.grad) for ps in active for p in ps]
-        bad, mode = _max_abs(grads), "foreach"  # type: ignore[arg-type]
+        grads = [local(p.grad) for ps in active for p in ps if p.grad is not None]
+        bad, mode = _max_abs(grads), "foreach"
         if self.shard_group is not None:  # every rank of a sharded step raises together
             bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
         flag = ~torch.isfinite(bad).all() if mode == "foreach" else (bad != 0).any()
@@ -438,8 +438,8 @@ class Executor:
             mode: str | None = None
             if check and not self.has_prepare and self.finite_check == "foreach":
                 mode = "foreach"
-                grads_ = [local(p.grad) for p in plan.grad_params]
-                bad = _max_abs(grads_, device)  # type: ignore[arg-type]
+                grads_ = [local(p.grad) for p in plan.grad_params if p.grad is not None]
+                bad = _max_abs(grads_, device)
             elif check or self.has_prepare:
                 mode = "graph" if check else None
                 bad = torch.zeros(1, dtype=torch.float32, device=device)
@@ -449,7 +449,7 @@ class Executor:
                         pkey, _maker(compiled.make_prepare, self.chain, c.static, check, c.rows)
                     )
                     run(c.views, grads, c.states, hyper, c.keys, shared_tensors, bad)
-            if check and self.shard_group is not None:
+            if check and bad is not None and self.shard_group is not None:
                 # a non-finite entry may sit in one rank's shard: every rank must skip
                 bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
 

@@ -29,7 +29,7 @@ from torch import Tensor
 try:
     from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover - torch built without distributed
-    DTensor = None
+    DTensor = None  # type: ignore[misc, assignment]
 
 
 def is_dtensor(t: Any) -> bool:

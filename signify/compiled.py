@@ -133,7 +133,7 @@ def make_segment(
 def make_bookkeeping(check: str | None, ranked: bool) -> Callable[..., Tensor | None]:
     """The step's scalar work; per-tensor keys are written as int32 (`signify.rng`).
     ``check``: None (no check: every step counts), "graph" (``bad`` counts non-finite
-    gradient entries) or "foreach" (``bad`` holds per-tensor L1 norms of the gradients,
+    gradient entries) or "foreach" (``bad`` holds per-tensor max-abs norms of the gradients,
     non-finite iff a gradient is)."""
 
     def signify_bookkeeping(bad, seed, counter, skipped, tensor_keys, step_keys, rank_key):  # type: ignore[no-untyped-def]

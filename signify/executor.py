@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import compiled, rng
+from . import compiled, rng, sharding
 from .planning import (
     Bucket,
     Chunk,
@@ -54,6 +54,7 @@ from .planning import (
     dim_order,
     powers_of_two,
 )
+from .sharding import local
 from .transforms.base import State, Transform, freeze_static
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "HyperCache", "powers_of_two"]
 
 _HOOKS = ("select", "before_step", "finalize", "exchange", "after_step")
+#: The non-finite check reads max |g| per tensor: non-finite exactly when an entry is. (An L1
+#: norm overflows for finite gradients: a 200k-entry fp16 gradient of 0.5s sums past 65504.)
+_MAX_ABS = float("inf")
 
 
 class Executor:
@@ -85,7 +89,7 @@ class Executor:
             "SIGNIFY_LAYOUT", "rows" if compile else "flat", compiled.LAYOUTS
         )
         #: how the non-finite check reads the gradients when no transform has a prepass:
-        #: "foreach" (torch's multi-tensor L1 norm, a few launches for all tensors) or
+        #: "foreach" (torch's multi-tensor max-abs norm, a few launches for all tensors) or
         #: "graph" (inside the compiled prepass, one reduction per tensor)
         self.finite_check = compiled.env_option(
             "SIGNIFY_FINITE_CHECK", "foreach", compiled.FINITE_CHECKS
@@ -99,6 +103,8 @@ class Executor:
         self._rank_keys: dict[tuple[torch.device, int], Tensor] = {}
         #: 0-d bool of the current step (None when unchecked); read by ``finalize`` hooks
         self.ok: Tensor | None = None
+        #: the process group over which the parameters are sharded (FSDP2), else None
+        self.shard_group: Any = sharding.shard_group(opt.all_params())
         # Segments: [start, end) ranges of the chain split after each barrier transform.
         self.segments: list[tuple[int, int]] = []
         start = 0
@@ -256,7 +262,7 @@ class Executor:
         # noise does not depend on how it is chunked.
         keys = []
         for cps, padding, _ in pieces:
-            keys += [rng.tensor_key(position[p]) for p in cps]
+            keys += [rng.tensor_key(position[p], sharding.shard_index(p)) for p in cps]
             keys += [rng.tensor_key(len(position) + len(keys) + i) for i in range(padding)]
         tensor_keys = torch.tensor(keys, dtype=torch.int64, device=device)
         step_keys = torch.zeros_like(tensor_keys, dtype=torch.int32)
@@ -281,7 +287,7 @@ class Executor:
         rows: bool,
     ) -> Chunk:
         opt = self.opt
-        orders = [dim_order(p) for p in cps]
+        orders = [dim_order(local(p)) for p in cps]
         like = cps[0]
         pads = [torch.zeros(compiled.ROW, dtype=like.dtype, device=device) for _ in range(padding)]
         pad_grads = [
@@ -300,7 +306,7 @@ class Executor:
                 pad_counters += pad_state.get(name, [])
             st.update(t.plan(cps, gi))
             states.append(st)
-        views = [alias(p.data, o) for p, o in zip(cps, orders)] + pads
+        views = [alias(local(p.data), o) for p, o in zip(cps, orders)] + pads
         return Chunk(
             gi,
             cps,
@@ -330,6 +336,8 @@ class Executor:
         active = self.active_params()
         if not any(active):
             return
+        if self.nonfinite == "raise":
+            self._raise_if_nonfinite(active)  # before anything (state included) changes
         key = self._plan_key(active)
         if self._plan is None or key != self._plan_key_:
             self._ensure_state(active)  # before the hooks: the run-and-read path fills it
@@ -341,6 +349,7 @@ class Executor:
             self._ensure_state(active)
             self._plan = self._build_plan(active)
             self._plan_key_ = self._plan_key(active)
+            self.shard_group = sharding.shard_group(opt.all_params())
             self._graph = None
         plan = self._plan
         hypers = {
@@ -349,18 +358,33 @@ class Executor:
             )
             for c in plan.chunks()
         }
-        if self.graphs and plan.devices[0].type == "cuda" and len(plan.devices) == 1:
+        if (
+            self.graphs
+            and self.shard_group is None
+            and plan.devices[0].type == "cuda"
+            and len(plan.devices) == 1
+        ):
             self._graphed_step(plan, hypers)
         else:
             self.ok = self._run(plan, hypers)
         for t in self._hooks["after_step"]:
             t.after_step(opt)
 
+    def _raise_if_nonfinite(self, active: list[list[Tensor]]) -> None:
+        """``nonfinite="raise"``: one host sync (documented) on the gradients' max-abs norms."""
+        grads = [local(p.grad) for ps in active for p in ps if p.grad is not None]
+        bad, mode = _max_abs(grads), "foreach"
+        if self.shard_group is not None:  # every rank of a sharded step raises together
+            bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
+        flag = ~torch.isfinite(bad).all() if mode == "foreach" else (bad != 0).any()
+        if bool(flag):
+            raise FloatingPointError("non-finite gradient (nonfinite='raise')")
+
     def _graphed_step(self, plan: Plan, hypers: dict[Any, dict[str, Tensor]]) -> None:
         """Replay the captured step while nothing it reads by address has moved."""
         sig = (
             id(plan),
-            tuple(p.grad.data_ptr() for p in plan.grad_params),  # type: ignore[union-attr]
+            tuple(local(p.grad).data_ptr() for p in plan.grad_params),  # type: ignore[arg-type]
             self.hyper.version,
             self.rank,
         )
@@ -405,18 +429,18 @@ class Executor:
         }
         per_chunk = []
         for c in plan.chunks():
-            grads = [alias(p.grad, o) for p, o in zip(c.params, c.orders)]  # type: ignore[arg-type]
+            grads = [alias(local(p.grad), o) for p, o in zip(c.params, c.orders)]  # type: ignore[arg-type]
             per_chunk.append((c, grads + c.pad_grads, hypers[(c.group_index, c.device)]))
 
         with compiled.no_duck_shapes():
             # 1. prepass: non-finite check and global reductions
-            check = self.nonfinite != "ignore"
+            check = self.nonfinite == "skip"  # "raise" checked before the step began
             bad: Tensor | None = None
             mode: str | None = None
             if check and not self.has_prepare and self.finite_check == "foreach":
                 mode = "foreach"
-                norms = torch._foreach_norm([p.grad for p in plan.grad_params], 1)  # type: ignore[misc]
-                bad = torch.stack(norms).float()
+                grads_ = [local(p.grad) for p in plan.grad_params if p.grad is not None]
+                bad = _max_abs(grads_, device)
             elif check or self.has_prepare:
                 mode = "graph" if check else None
                 bad = torch.zeros(1, dtype=torch.float32, device=device)
@@ -426,12 +450,9 @@ class Executor:
                         pkey, _maker(compiled.make_prepare, self.chain, c.static, check, c.rows)
                     )
                     run(c.views, grads, c.states, hyper, c.keys, shared_tensors, bad)
-            if self.nonfinite == "raise":
-                assert bad is not None
-                flag = (bad != 0).any() if mode == "graph" else ~torch.isfinite(bad).all()
-                if bool(flag):  # documented host sync
-                    raise FloatingPointError("non-finite gradient (nonfinite='raise')")
-                mode = None  # the step goes ahead: count it unconditionally
+            if check and bad is not None and self.shard_group is not None:
+                # a non-finite entry may sit in one rank's shard: every rank must skip
+                bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
 
             # 2. the step's scalars: ok flag, counters, random keys
             ok = self._bookkeeping(plan, device, mode, bad)
@@ -501,3 +522,15 @@ def _overrides(t: Transform, name: str) -> bool:
 
 def env_chunk(default: int = 8) -> int:
     return int(os.environ.get("SIGNIFY_COMPILE_CHUNK", default))
+
+
+def _max_abs(grads: list[Tensor], device: torch.device | None = None) -> Tensor:
+    """Max |g| of each non-empty gradient, stacked in the widest dtype (no cast overflows
+    to inf). Empty gradients hold no non-finite value and have no infinity norm (torch
+    raises on them): they are left out; with none left, a single 0."""
+    if device is None and grads:
+        device = grads[0].device
+    grads = [g for g in grads if g.numel() > 0]
+    if not grads:
+        return torch.zeros(1, device=device)
+    return torch.stack(torch._foreach_norm(grads, _MAX_ABS))  # type: ignore[arg-type, misc]

@@ -24,6 +24,7 @@ from torch import Tensor
 from . import validation
 from .adapters import Adapter, adapter_for
 from .executor import Executor
+from .sharding import local
 from .transforms.apply import ApplyUpdate
 from .transforms.base import Transform
 from .transforms.scale import RunningMaxScale
@@ -97,7 +98,9 @@ def build_chain(adapter: Adapter, options: Options) -> list[Transform]:
         middle.insert(0, RunningMaxScale(options.scale_beta))
     chain: list[Transform] = [adapter, *middle, ApplyUpdate()]
     if not any("direction" in t.writes for t in chain):
-        raise ValueError("the chain has no transform that sets a direction (e.g. Sign())")
+        raise ValueError(
+            "transforms: the chain has no transform that sets a direction (e.g. Sign())"
+        )
     names = [t.name for t in chain]
     if len(set(names)) != len(names):
         raise ValueError(f"transform names must be unique in a chain, got {names}")
@@ -131,6 +134,7 @@ class SignifiedOptimizer(torch.optim.Optimizer):
     _base_params: ClassVar[dict[str, Any]]  # base hyperparameter name -> default
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        params = validation.check_params(params)
         overrides = {k: kwargs.pop(k) for k in RUNTIME_OPTIONS if k in kwargs}
         if overrides:
             current = {f: getattr(self.options, f) for f in CHECKED_OPTIONS}
@@ -195,7 +199,9 @@ class SignifiedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        params = param_group.get("params")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry (the tensors to optimize)")
+        params = param_group["params"]
         if isinstance(params, Tensor):
             params = [params]
         params = list(params) if params is not None else []
@@ -206,9 +212,7 @@ class SignifiedOptimizer(torch.optim.Optimizer):
             param_group["params"] = [p for _, p in params]
         else:
             param_group = dict(param_group, params=params)
-        for p in param_group["params"]:
-            if isinstance(p, Tensor) and p.is_complex():
-                raise ValueError("complex parameters are not supported by signify")
+        validation.check_group_params(param_group["params"])
         group_hyper = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
         validation.check_hyper(group_hyper, self.base)
         super().add_param_group(param_group)
@@ -217,11 +221,18 @@ class SignifiedOptimizer(torch.optim.Optimizer):
             executor.invalidate()
 
     # ---------------------------------------------------------------- stepping
+    # Not traced by an outer torch.compile (as torch.optim's own state_dict/zero_grad): a
+    # compiled training step graph-breaks here and the step runs as it would eagerly,
+    # its own compiled graphs included. Tracing into it would follow the executor's host
+    # bookkeeping (plans, aliases made with set_) into dozens of graph breaks.
+    @torch._disable_dynamo
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """Perform one optimization step (``closure`` re-evaluates the loss, as in torch)."""
         loss = None
         if closure is not None:
+            if not callable(closure):
+                raise TypeError(f"closure must be callable or None, got {type(closure).__name__}")
             with torch.enable_grad():
                 loss = closure()
             self.set_loss(loss)
@@ -232,6 +243,13 @@ class SignifiedOptimizer(torch.optim.Optimizer):
         """Give loss-aware transforms the loss at the current parameters (a tensor or a
         float; nothing is synchronised). ALIAS option II reads it once, at the first step;
         ``step(closure)`` calls this with the closure's loss."""
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1 or loss.is_complex():
+                raise ValueError(
+                    f"loss must be a real 1-element tensor, got shape {tuple(loss.shape)}"
+                )
+        elif loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+            raise TypeError(f"loss must be a tensor, a number or None, got {type(loss).__name__}")
         self.last_loss = loss.detach() if isinstance(loss, Tensor) else loss
 
     def stepsizes(self) -> list[Tensor]:
@@ -273,20 +291,27 @@ class SignifiedOptimizer(torch.optim.Optimizer):
     def shared_state(self, device: torch.device) -> dict[str, dict[str, Any]]:
         """Optimizer-level state (random generator, skip counter, transforms' scalars)."""
         if "rng" not in self._shared:
-            seed = self._seed if self._seed is not None else 0
-            self._shared["rng"] = {
-                "seed": torch.tensor(seed, dtype=torch.int64, device=device),
-                "counter": torch.zeros((), dtype=torch.int64, device=device),
-            }
-            self._shared["nonfinite"] = {"skipped": torch.zeros((), device=device)}
-            for t in self._chain:
-                self._shared.setdefault(t.name, t.shared_state(device))
+            for name, fresh in self._fresh_shared(device).items():
+                self._shared.setdefault(name, fresh)
         else:
             for d in self._shared.values():
                 for k, v in d.items():
                     if isinstance(v, Tensor) and v.device != device:
                         d[k] = v.to(device)
         return self._shared
+
+    def _fresh_shared(self, device: torch.device) -> dict[str, dict[str, Any]]:
+        seed = self._seed if self._seed is not None else 0
+        out: dict[str, dict[str, Any]] = {
+            "rng": {
+                "seed": torch.tensor(seed, dtype=torch.int64, device=device),
+                "counter": torch.zeros((), dtype=torch.int64, device=device),
+            },
+            "nonfinite": {"skipped": torch.zeros((), device=device)},
+        }
+        for t in self._chain:
+            out.setdefault(t.name, t.shared_state(device))
+        return out
 
     def rng_state(self, device: torch.device) -> dict[str, Tensor]:
         return self.shared_state(device)["rng"]
@@ -333,38 +358,138 @@ class SignifiedOptimizer(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not isinstance(state_dict, dict) or "state" not in state_dict:
+        """Load a state (signify's or the base torch optimizer's) all or nothing: a state
+        that fails any check raises ValueError/TypeError and leaves the optimizer as it was."""
+        if not (
+            isinstance(state_dict, dict)
+            and isinstance(state_dict.get("state"), dict)
+            and "param_groups" in state_dict
+        ):
             raise TypeError("state_dict must be a dict returned by an optimizer's state_dict()")
         state_dict = dict(state_dict)
         extra = state_dict.pop("signify", None)
         if extra is not None:
-            schema = extra.get("schema")
-            if schema != SCHEMA_VERSION:
-                raise ValueError(
-                    f"state_dict has signify schema {schema}; this version reads {SCHEMA_VERSION}"
-                )
-            names = [t.name for t in self._chain]
-            if extra.get("chain") != names:
-                raise ValueError(
-                    f"state_dict was saved by the chain {extra.get('chain')}, "
-                    f"this optimizer has {names}"
-                )
+            self._check_extra(extra)
+        validation.check_saved_groups(state_dict["param_groups"], self.base)
         self._check_shapes(state_dict)
-        super().load_state_dict(state_dict)
-        for p in self.all_params():
-            st = self.state.get(p)
-            if st:
-                self.state[p] = self._restore_param_state(p, st)
-        if extra is not None:
-            self._seed = extra.get("seed", self._seed)
-            self._shared = {k: dict(v) for k, v in extra.get("shared", {}).items()}
-            for t in self._chain:
-                if t.name in extra.get("extra", {}):
-                    t.load_extra_state(extra["extra"][t.name])
+        before = self._snapshot()
+        try:
+            super().load_state_dict(state_dict)
+            for p in self.all_params():
+                st = self.state.get(p)
+                if st:
+                    self.state[p] = self._restore_param_state(p, st)
+            if extra is not None:
+                self._seed = extra.get("seed", self._seed)
+                self._shared = {k: dict(v) for k, v in extra.get("shared", {}).items()}
+                for t in self._chain:
+                    if t.name in extra.get("extra", {}):
+                        _load_extra(t, extra["extra"][t.name])
+            self._after_load()
+            for i, p in enumerate(self.all_params()):  # as the transforms restored it
+                if self.state.get(p):
+                    self._check_param_state(i, p)
+        except Exception as e:
+            self._restore(before)  # a state_dict a transform rejects changes nothing
+            internal = (KeyError, AttributeError, IndexError, RuntimeError)
+            if isinstance(e, internal) and not isinstance(e, torch.OutOfMemoryError):
+                raise ValueError(
+                    f"state_dict could not be loaded ({type(e).__name__}: {e}); "
+                    "the optimizer is unchanged"
+                ) from e
+            raise
+
+    def _check_extra(self, extra: Any) -> None:
+        """``state_dict["signify"]``: schema, chain, seed and optimizer-level state."""
+        if not isinstance(extra, dict):
+            raise TypeError("state_dict['signify'] must be the dict SignifiedOptimizer saves")
+        schema = extra.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise ValueError(
+                f"state_dict has signify schema {schema}; this version reads {SCHEMA_VERSION}"
+            )
+        names = [t.name for t in self._chain]
+        if extra.get("chain") != names:
+            raise ValueError(
+                f"state_dict was saved by the chain {extra.get('chain')}, "
+                f"this optimizer has {names}"
+            )
+        try:
+            validation.check_seed(extra.get("seed"))
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"state_dict['signify']: {e}") from None
+        if not isinstance(extra.get("extra", {}), dict):
+            raise TypeError("state_dict['signify']['extra'] must be a dict")
+        validation.check_saved_shared(
+            extra.get("shared", {}), self._fresh_shared(torch.device("cpu"))
+        )
+
+    def _check_param_state(self, i: int, p: Tensor) -> None:
+        """Each transform's per-parameter state is there whole (all its keys, tensors of the
+        kind a fresh one has: floating or not, 0-d or not) or not at all (created at the
+        next step, as for a torch checkpoint)."""
+        st = self.state[p]
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        meta = torch.empty(local(p).shape, dtype=p.dtype, device="meta")
+        for t in self._chain:
+            probe = self._executor._state_keys(t, group)
+            have = [k for k in probe if t.state_prefix + k in st]
+            if not have:
+                continue
+            if len(have) != len(probe):
+                missing = [t.state_prefix + k for k in probe if k not in have]
+                raise ValueError(
+                    f"state of parameter {i} lacks {missing} ({type(t).__name__}), "
+                    f"holding {[t.state_prefix + k for k in have]}"
+                )
+            fresh = t.init([meta], group)
+            for k in have:
+                v, want = st[t.state_prefix + k], fresh[k][0]
+                if not isinstance(v, Tensor):
+                    raise TypeError(
+                        f"state {t.state_prefix + k!r} of parameter {i} must be a tensor, "
+                        f"got {type(v).__name__}"
+                    )
+                if v.is_floating_point() != want.is_floating_point() or (v.dim() == 0) != (
+                    want.dim() == 0
+                ):
+                    raise ValueError(
+                        f"state {t.state_prefix + k!r} of parameter {i} is a {v.dtype} tensor "
+                        f"of shape {tuple(v.shape)}, expected {want.dtype} of shape "
+                        f"{tuple(want.shape)}"
+                    )
+
+    def _after_load(self) -> None:
         self._executor.invalidate()
         self._executor.hyper.clear()
         for t in self._chain:
             t.after_load(self)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What `load_state_dict` changes (torch's load replaces state and groups by new
+        objects, so references to the old ones are a snapshot)."""
+        return {
+            "state": self.state,
+            "param_groups": self.param_groups,
+            "entries": {p: dict(st) for p, st in self.state.items()},
+            "shared": self._shared,
+            "seed": self._seed,
+            "extra": {t.name: t.extra_state() for t in self._chain},
+            "flags": [(p, p.requires_grad) for p in self.all_params()],
+        }
+
+    def _restore(self, before: dict[str, Any]) -> None:
+        self.state = before["state"]
+        self.state.clear()
+        self.state.update(before["entries"])
+        self.param_groups = before["param_groups"]
+        self._shared, self._seed = before["shared"], before["seed"]
+        for t in self._chain:
+            if before["extra"][t.name] is not None:
+                t.load_extra_state(before["extra"][t.name])
+        for p, flag in before["flags"]:
+            p.requires_grad_(flag)
+        self._after_load()
 
     def _check_shapes(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("param_groups", [])
@@ -374,10 +499,17 @@ class SignifiedOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"state_dict holds {len(ids)} parameters, this optimizer {len(params)}"
             )
+        unknown = set(state_dict["state"]) - set(ids)
+        if unknown:
+            raise ValueError(
+                f"state_dict['state'] holds entries {sorted(map(str, unknown))} that are no "
+                "parameter of its param_groups"
+            )
         for i, p in zip(ids, params):
             for key, value in state_dict["state"].get(i, {}).items():
                 if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
-                    if value.dtype == torch.uint8 and value.shape == ((p.numel() + 7) // 8,):
+                    n = local(p).numel()  # a sharded parameter's bits cover its shard
+                    if value.dtype == torch.uint8 and value.shape == ((n + 7) // 8,):
                         continue  # packed signs, 1 bit per element (alias-lowmem)
                     raise ValueError(
                         f"state {key!r} of parameter {i} has shape {tuple(value.shape)}, "
@@ -395,6 +527,16 @@ class SignifiedOptimizer(torch.optim.Optimizer):
             elif dtype is not None and v.is_floating_point() and v.dim() > 0:
                 st[k] = v.to(dtype=dtype)
         return st
+
+
+def _load_extra(t: Transform, saved: Any) -> None:
+    try:
+        t.load_extra_state(saved)
+    except (KeyError, AttributeError, IndexError) as e:
+        raise ValueError(
+            f"state_dict['signify']['extra'][{t.name!r}] is not a state {type(t).__name__} "
+            f"saved ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _compile_by_default(params: Sequence[Tensor]) -> bool:
@@ -474,6 +616,10 @@ def signify(
     if transforms is not None:
         if isinstance(transforms, Transform):
             transforms = [transforms]
+        if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Iterable):
+            raise TypeError(
+                f"transforms must be a list of Transform instances, got {type(transforms).__name__}"
+            )
         chain = tuple(transforms)
         for t in chain:
             if not isinstance(t, Transform):
@@ -563,18 +709,21 @@ def check_options(
     """Validate `signify`'s options (TypeError for a wrong type, ValueError for a bad value)."""
     validation.check_bool("sign", sign)
     validation.check_bool("stochastic", stochastic)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    if stochastic and not sign:
+        raise ValueError("stochastic=True needs sign=True (sign=False is the base optimizer)")
+    validation.check_seed(seed)
     if compile is not None:
         validation.check_bool("compile", compile)
     if isinstance(compile_chunk, bool) or not isinstance(compile_chunk, int):
         raise TypeError(f"compile_chunk must be a power of two, got {compile_chunk!r}")
     if compile_chunk < 1 or compile_chunk & (compile_chunk - 1):
         raise ValueError(f"compile_chunk must be a power of two, got {compile_chunk}")
+    if state_dtype is not None and not isinstance(state_dtype, torch.dtype):
+        raise TypeError(f"state_dtype must be a torch.dtype or None, got {state_dtype!r}")
     if state_dtype is not None and state_dtype not in _STATE_DTYPES:
         raise ValueError(f"state_dtype must be one of {_STATE_DTYPES} or None, got {state_dtype}")
+    if not isinstance(nonfinite, str):
+        raise TypeError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
     if nonfinite not in _NONFINITE:
         raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
     RunningMaxScale(scale_beta)  # validates scale_beta

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .sharding import local
 from .transforms.base import State
 
 _NOT_PARAMS = ("params", "param_names")
@@ -147,13 +148,15 @@ def aliases_of_state(
 ) -> list[Tensor]:
     """1-D aliases of the state buffer ``full`` of each parameter (per-tensor scalars, such as
     step counters, as 1-element aliases). A buffer laid out unlike its parameter is re-laid
-    (once, here) so that its memory order is the parameter's."""
+    (once, here) so that its memory order is the parameter's. Sharded parameters and their
+    buffers (DTensors) are aliased through their local shards."""
     out = []
     for p, order in zip(ps, orders):
         buf = opt.state[p][full]
         if order is not None and buf.shape == p.shape and not buf.permute(order).is_contiguous():
             buf = torch.empty_like(p, dtype=buf.dtype).copy_(buf)
             opt.state[p][full] = buf
+        buf, p = local(buf), local(p)
         same = buf.numel() == p.numel() and buf.dim() > 0
         out.append(alias(buf, order if same else None))
     return out

@@ -16,12 +16,14 @@ accepted as keywords.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from .optimizer import signify
 from .transforms import DecoupledWeightDecay, Sign, StochasticSign
+from .validation import _number
 
 _SignumBase = signify(torch.optim.SGD, [Sign(), DecoupledWeightDecay()])
 _StoSignBase = signify(torch.optim.SGD, [StochasticSign(), DecoupledWeightDecay()])
@@ -31,7 +33,20 @@ _SignAdamaxBase = signify(torch.optim.Adamax, [StochasticSign(), DecoupledWeight
 def _pair(name: str, betas: Any) -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"{name} must be a pair of floats, got {betas!r}")
-    return float(betas[0]), float(betas[1])
+    return _number(f"{name}[0]", betas[0]), _number(f"{name}[1]", betas[1])
+
+
+def _in(name: str, x: Any, lo: float, hi: float, *, open_lo: bool, open_hi: bool) -> float:
+    """``x`` in the interval, else a ValueError naming the preset's own argument."""
+    v = _number(name, x)
+    if not math.isfinite(v) or v < lo or v > hi or (open_lo and v == lo) or (open_hi and v == hi):
+        bound = ("(" if open_lo else "[") + f"{lo}, {hi}" + (")" if open_hi else "]")
+        raise ValueError(f"{name} must be in {bound}, got {v}")
+    return v
+
+
+def _weight_decay(wd: Any) -> float:
+    return _in("weight_decay", wd, 0.0, math.inf, open_lo=False, open_hi=True)
 
 
 class Signum(_SignumBase):  # type: ignore[misc, valid-type]
@@ -45,12 +60,14 @@ class Signum(_SignumBase):  # type: ignore[misc, valid-type]
         weight_decay: float = 0.0,
         **options: Any,
     ) -> None:
+        # momentum = 1 would freeze m at its first value
+        momentum = _in("momentum", momentum, 0.0, 1.0, open_lo=False, open_hi=True)
         super().__init__(
             params,
             lr=lr,
             momentum=momentum,
             dampening=momentum,
-            decoupled_wd=weight_decay,
+            decoupled_wd=_weight_decay(weight_decay),
             **options,
         )
 
@@ -68,15 +85,15 @@ class StoSignSGD(_StoSignBase):  # type: ignore[misc, valid-type]
         **options: Any,
     ) -> None:
         b1, b2 = _pair("betas", betas)
-        if not 0.0 <= b1 < 1.0:
-            raise ValueError(f"betas[0] must be in [0, 1), got {b1}")
+        _in("betas[0]", b1, 0.0, 1.0, open_lo=False, open_hi=True)
+        _in("betas[1]", b2, 0.0, 1.0, open_lo=True, open_hi=False)  # the running max's decay
         super().__init__(
             params,
             lr=lr,
             momentum=b1,
             dampening=b1,
             scale_beta=b2,
-            decoupled_wd=weight_decay,
+            decoupled_wd=_weight_decay(weight_decay),
             **options,
         )
 
@@ -98,6 +115,6 @@ class SignAdamax(_SignAdamaxBase):  # type: ignore[misc, valid-type]
             lr=lr,
             betas=_pair("betas", betas),
             eps=eps,
-            decoupled_wd=weight_decay,
+            decoupled_wd=_weight_decay(weight_decay),
             **options,
         )

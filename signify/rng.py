@@ -61,9 +61,14 @@ def stream_constant(name: str | int) -> int:
     return mix32_int(h ^ 0x5BD1E995)
 
 
-def tensor_key(index: int) -> int:
-    """Key of the tensor with global position ``index`` in the optimizer (stable on resume)."""
-    return mix32_int(index * _GOLDEN + 0x7F4A7C15)
+def tensor_key(index: int, shard: int = 0) -> int:
+    """Key of the tensor with global position ``index`` in the optimizer (stable on resume);
+    ``shard`` (`signify.sharding.shard_index`, 0 for an unsharded tensor) gives each shard of
+    a sharded parameter a stream of its own."""
+    key = mix32_int(index * _GOLDEN + 0x7F4A7C15)
+    if shard:
+        key = mix32_int(key ^ mix32_int(shard * _GOLDEN + 0x3C6EF372))
+    return key
 
 
 def rank_key(rank: int) -> int:

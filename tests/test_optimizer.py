@@ -267,7 +267,7 @@ def test_preset_signatures():
         signify.Signum(ps, lr=1e-3, momentum=0.9, weight_decay=0.1), torch.optim.Optimizer
     )
     assert signify.StoSignSGD(ps, betas=(0.9, 0.99)).param_groups[0]["scale_beta"] == 0.99
-    with pytest.raises(ValueError, match="scale_beta"):
+    with pytest.raises(ValueError, match=r"betas\[1\]"):  # the preset's own argument
         signify.StoSignSGD(ps, betas=(0.9, 1.5))
     with pytest.raises(TypeError, match="betas"):
         signify.StoSignSGD(ps, betas=0.9)

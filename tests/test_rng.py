@@ -37,9 +37,13 @@ def test_random_bits_match_reference_and_are_32_bit():
     key = int(torch.randint(0, 2**32, ()).item())
     stream = rng.stream_constant("exp_avg")
     got = rng.random_bits(torch.tensor(key), 5000, torch.device("cpu"), stream)
-    got = got.to(torch.int64) & 0xFFFFFFFF  # the 32 bits, whatever the integer type holding them
-    assert got.min() >= 0 and got.max() < 2**32
+    # int32 holding the 32 bits (the signed view): compare the unsigned values
+    assert got.dtype == torch.int32
+    got = got.to(torch.int64) & 0xFFFFFFFF
     np.testing.assert_array_equal(got.numpy().astype(np.uint64), np_bits(key, 5000, stream))
+    # the int32 key the executor hands to transforms draws the same bits
+    same = rng.random_bits(rng.to_i32(torch.tensor(key)), 5000, torch.device("cpu"), stream)
+    assert torch.equal(same.to(torch.int64) & 0xFFFFFFFF, got)
 
 
 def test_uniform_is_symmetric_open_interval_with_right_moments():

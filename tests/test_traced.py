@@ -35,6 +35,21 @@ def _steps(opt, ps, steps, seed=1, schedule=None):
     return [p.detach().clone() for p in ps]
 
 
+_OWN: dict[type, type] = {}
+
+
+def _own(base):
+    """``base`` with its own ``step()`` (calling the base's): no hand-written adapter applies
+    to it (Adamax, RMSprop, Adagrad and NAdam have one), so signify traces it."""
+    if base not in _OWN:
+        _OWN[base] = type(
+            f"Own{base.__name__}",
+            (base,),
+            {"step": lambda self, closure=None: base.step(self, closure)},
+        )
+    return _OWN[base]
+
+
 CASES = [
     (torch.optim.Adamax, {"lr": 0.02, "weight_decay": 0.1}),
     (torch.optim.RMSprop, {"lr": 0.01}),

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..transforms.base import State, StepContext, Update, up
-from .base import Adapter, stream
+from .base import Adapter, lerp, stream
 
 _M, _V, _VMAX = stream("exp_avg"), stream("exp_avg_sq"), stream("max_exp_avg_sq")
 
@@ -56,7 +56,7 @@ class AdamAdapter(Adapter):
             g = self.gradient(u, i, ctx, l2=l2)
             step = state["step"][i]
             m = state["exp_avg"][i]
-            m_new = torch.lerp(up(m), g, 1 - beta1)
+            m_new = lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
             num.append(m_new / (1 - beta1**step))
             if self.need_scale:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..transforms.base import State, StepContext, Update, up
-from .base import Adapter, stream
+from .base import Adapter, lerp, stream
 
 _M, _U = stream("exp_avg"), stream("exp_inf")
 
@@ -50,7 +50,7 @@ class AdamaxAdapter(Adapter):
         for i in range(len(u.params)):
             g = self.gradient(u, i, ctx)
             m = state["exp_avg"][i]
-            m_new = torch.lerp(up(m), g, 1 - beta1)
+            m_new = lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
             num.append(m_new / (1 - beta1 ** state["step"][i]))
             if self.need_scale:

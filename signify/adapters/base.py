@@ -88,6 +88,13 @@ class Adapter(Transform):
         return f"{self.base.__name__}: {form}{dead}"
 
 
+def lerp(a: Tensor, b: Tensor, weight: Any) -> Tensor:
+    """``torch.lerp`` in the wider of the two dtypes (it refuses mixed ones: a bf16 or fp64
+    moment of an fp64 or fp32 parameter under ``state_dtype=``)."""
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return torch.lerp(a.to(dtype), b.to(dtype), weight)
+
+
 def stream(key: str) -> int:
     """Random-stream constant for rounding writes into the state buffer ``key``."""
     return rng.stream_constant(key)

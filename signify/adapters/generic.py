@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .. import sharding
 from ..transforms.base import State, StepContext, Update, up
 from .base import Adapter
 
@@ -37,6 +38,12 @@ class GenericAdapter(Adapter):
         self.nonfinite = "skip"
 
     def bind(self, opt: SignifiedOptimizer) -> None:
+        sharding.refuse(
+            opt,
+            f"the run-and-read path ({self.base.__name__} has no adapter)",
+            "it steps whole tensors with host-side checks; FSDP2 needs an adapter that steps "
+            "the local shard (SGD, Adam, AdamW, Adamax, RMSprop, Adagrad, NAdam, RAdam)",
+        )
         if self.base not in _warned:
             _warned.add(self.base)
             warnings.warn(
@@ -70,9 +77,7 @@ class GenericAdapter(Adapter):
             if not finite:
                 if self.nonfinite == "raise":
                     raise FloatingPointError("non-finite gradient (nonfinite='raise')")
-                for p in params:
-                    opt.state[p]["delta"].zero_()
-                return
+                return  # the executor skips the step (its own check): nothing may change
         chosen = set(params)
         hidden = {}
         for g in inner.param_groups:

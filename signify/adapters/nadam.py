@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..transforms.base import State, StepContext, Update, up
-from .base import Adapter, stream
+from .base import Adapter, lerp, stream
 
 _M, _V, _MU = stream("exp_avg"), stream("exp_avg_sq"), stream("mu_product")
 
@@ -68,7 +68,7 @@ class NAdamAdapter(Adapter):
             c_grad = ((1.0 - mu) / (1.0 - p64)).float()
             c_avg = (mu_next / (1.0 - p64 * mu_next)).float()
             m = state["exp_avg"][i]
-            m_new = torch.lerp(up(m), g, 1 - beta1)
+            m_new = lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
             num.append(c_grad * g + c_avg * m_new)
             if self.need_scale:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..transforms.base import State, StepContext, Update, up
 from ..transforms.sign import NoSign
-from .base import Adapter, stream
+from .base import Adapter, lerp, stream
 
 if TYPE_CHECKING:
     from ..optimizer import SignifiedOptimizer
@@ -82,7 +82,7 @@ class RAdamAdapter(Adapter):
             g = self.gradient(u, i, ctx, l2=l2)
             t = state["step"][i].double()
             m = state["exp_avg"][i]
-            m_new = torch.lerp(up(m), g, 1 - beta1)
+            m_new = lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
             a = m_new / (1.0 - b1**t).float()
             num.append(a)

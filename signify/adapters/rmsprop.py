@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..transforms.base import State, StepContext, Update, up
-from .base import Adapter, stream
+from .base import Adapter, lerp, stream
 
 if TYPE_CHECKING:
     from ..optimizer import SignifiedOptimizer
@@ -115,7 +115,7 @@ class RMSpropAdapter(Adapter):
             ctx.write(i, s, s_new, _S)
             if centered:
                 c = state["grad_avg"][i]
-                c_new = torch.lerp(up(c), g, 1 - alpha)
+                c_new = lerp(up(c), g, 1 - alpha)
                 ctx.write(i, c, c_new, _C)
                 avg = (s_new - c_new * c_new).sqrt() + eps
             else:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import sharding
 from ..transforms.base import State, StepContext, Update, freeze_static
 from . import fxtrace
 from .base import Adapter, stream
@@ -129,6 +130,15 @@ class TracedAdapter(Adapter):
         return spec
 
     # ---- executor hooks ---------------------------------------------------------------
+    def bind(self, opt: Any) -> None:
+        sharding.refuse(
+            opt,
+            f"the traced adapter ({self.base.__name__} has no hand-written adapter)",
+            "its state is created by the base's traced init on whole tensors; FSDP2 needs an "
+            "adapter that steps the local shard (SGD, Adam, AdamW, Adamax, RMSprop, Adagrad, "
+            "NAdam, RAdam)",
+        )
+
     def static_items(self, group: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         """The spec of this group's configuration, a compile-time constant."""
         return (("traced.spec", self._add(self._spec(group))),)

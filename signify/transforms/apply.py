@@ -1,6 +1,7 @@
 """The parameter write, the last transform of every chain.
 
-``x <- x - lr * step_scale * (direction + decay * x)``
+``x <- x - lr * step_scale * (direction + decay * x)``, the decay never taking a weight past 0
+(``x <- -lr * step_scale * direction`` where ``lr * step_scale * decay > 1``)
 
 computed in float32 and written back in the parameter's dtype. A sign step of size ``lr`` is
 often below the resolution of a bfloat16 parameter (``lr = 1e-4`` on a weight of 0.05 is a
@@ -9,6 +10,8 @@ drawn from the optimizer's counter-based generator (`signify.rng`).
 """
 
 from __future__ import annotations
+
+import torch
 
 from .. import rng
 from .base import State, StepContext, Transform, Update, up
@@ -26,6 +29,14 @@ class ApplyUpdate(Transform):
         for i, (p, d) in enumerate(zip(u.params, u.direction)):
             lr = u.lr if u.step_scale is None else u.lr * u.step_scale[i]
             x = up(p)
-            step = d if u.decay is None else d + u.decay * x
-            ctx.write(i, p, x - lr * step, stream=rng.STREAM_PARAM)
+            if u.decay is None:
+                new = x - lr * d
+            else:
+                new = x - lr * (d + u.decay * x)
+                # Decoupled decay shrinks a weight toward 0, never past it: where
+                # lr * decay > 1 (a stepsize oracle's large step, or lr * weight_decay > 1)
+                # the decayed weight is 0, not (1 - lr * decay) x, whose repeated sign
+                # flips grow geometrically to inf. Bit-identical below 1.
+                new = torch.where(torch.as_tensor(lr * u.decay, device=x.device) > 1, -lr * d, new)
+            ctx.write(i, p, new, stream=rng.STREAM_PARAM)
         return u, state

@@ -140,6 +140,16 @@ class Shuffle(Rule):
             self._cycle = cycle
         return (self._perm[pos],)
 
+    # The cached permutation belongs to (seed, n): a reset or a loaded state (whose seed
+    # replaces the constructor's) must not reuse it, or a resumed run follows another order.
+    def reset(self, n: int, seed: int) -> None:
+        super().reset(n, seed)
+        self._cycle, self._perm = -1, []
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._cycle, self._perm = -1, []
+
 
 class CallableRule(Rule):
     """Wraps ``rule(k, n) -> int | Sequence[int]`` (0-based block indices, 0 = shallowest)."""

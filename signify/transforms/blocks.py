@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .. import sharding
 from . import block_partition
 from .base import Transform
 from .block_rules import RULES, CallableRule, DepthClock, Rule
@@ -161,6 +162,14 @@ class Blocks(Transform):
 
     # ------------------------------------------------------------------ hooks
     def bind(self, opt: SignifiedOptimizer) -> None:
+        sharding.refuse(
+            opt,
+            "blocks=",
+            "FSDP2 gathers and reduces whole modules with hooks set up when fully_shard "
+            "runs, and the per-step requires_grad switching that makes a block step cheap "
+            "is not part of its contract (untested there); train sharded models without "
+            "blocks=, or with DDP/no data parallelism",
+        )
         params = opt.all_params()
         names: list[str] | None = []
         for g in opt.param_groups:
@@ -201,7 +210,21 @@ class Blocks(Transform):
 
     def after_step(self, opt: SignifiedOptimizer) -> None:
         self._pending = False
+        if self._skipped(opt):
+            return  # a skipped step changes nothing, the schedule included
         self._advance(opt)
+
+    @staticmethod
+    def _skipped(opt: SignifiedOptimizer) -> bool:
+        """Whether the executor skipped this step for non-finite gradients. The flag lives
+        on the device; reading it is the one host sync that ``blocks=`` adds to a step
+        (its schedule is host state that must stay in step with the parameters). Under a
+        majority vote the step is the group's and happened even where this rank abstained,
+        so every rank advances (their schedules must agree)."""
+        ok = opt._executor.ok
+        if ok is None or any(t.is_barrier for t in opt._chain):
+            return False
+        return not bool(ok)
 
     def _post_step(self, opt: Any, args: Any, kwargs: Any) -> None:
         if self._pending:

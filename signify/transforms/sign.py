@@ -9,10 +9,17 @@
   Alg. 10), which separates the effect of the noise from that of the preconditioning.
 * `NoSign`: ``a / sigma``, the base optimizer exactly (``signify(..., sign=False)``).
 
-``0 / 0`` is taken as 0 throughout (``sign(0) = 0``).
+``0 / 0`` is taken as 0 throughout (``sign(0) = 0``). ``a`` and ``sigma`` are read with
+infinities clamped to the largest finite value (`_finite`): finite gradients large enough to
+overflow a moment (``g * g`` past 3.4e38) then give a finite direction instead of
+``inf - inf`` or ``inf / inf`` = NaN. A NaN ``a`` (a base's moment that overflowed to
+``inf - inf``) gives the direction 0, as ``torch.sign(nan) = 0`` does for the signs: the
+coordinate does not move, where the base itself would write NaN into the parameter.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,6 +32,11 @@ def _need(u: Update, field: str, who: str) -> list[torch.Tensor]:
     if value is None:
         raise ValueError(f"{who} needs `{field}`, which no earlier transform of the chain set")
     return value
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the compute precision with +-inf clamped to the largest finite value."""
+    return torch.nan_to_num(up(t), nan=math.nan)
 
 
 class Sign(Transform):
@@ -52,14 +64,14 @@ class StochasticSign(Transform):
         num = _need(u, "num", "StochasticSign")
         scale = _need(u, "scale", "StochasticSign")
         u.direction = [
-            torch.sign(up(a) + up(s) * ctx.uniform(i, a, rng.STREAM_SIGN))
+            torch.sign(_finite(a) + _finite(s) * ctx.uniform(i, a, rng.STREAM_SIGN))
             for i, (a, s) in enumerate(zip(num, scale))
         ]
         return u, state
 
 
 def _ratio(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    a, s = up(a), up(s)
+    a, s = torch.nan_to_num(up(a)), torch.nan_to_num(up(s))  # NaN -> 0, inf -> max
     return torch.where(s != 0, a / torch.where(s != 0, s, torch.ones_like(s)), torch.zeros_like(a))
 
 

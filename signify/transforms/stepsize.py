@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from .. import rng
+from .. import rng, sharding
 from .base import State, StepContext, Transform, Update
 
 if TYPE_CHECKING:
@@ -91,11 +91,20 @@ class StepsizeOracle(Transform):
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         if not isinstance(reduce, str) or reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        if process_group is not None and not (
+            torch.distributed.is_available()
+            and isinstance(process_group, torch.distributed.ProcessGroup)
+        ):
+            raise TypeError(
+                f"process_group must be a torch.distributed ProcessGroup or None, "
+                f"got {type(process_group).__name__}"
+            )
         self.scope = scope
         self.reduce = reduce
         self.process_group = process_group
         self._opt: SignifiedOptimizer | None = None
         self._finalize_fn: Callable[..., None] | None = None
+        self._shards: Any = None  # the shard group of sharded (FSDP2) parameters
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -107,6 +116,7 @@ class StepsizeOracle(Transform):
         new = copy.copy(self)
         new._opt = None
         new._finalize_fn = None
+        new._shards = None
         return new
 
     # ---- per-slot scalars --------------------------------------------------------------
@@ -151,6 +161,13 @@ class StepsizeOracle(Transform):
     # ---- hooks -------------------------------------------------------------------------
     def bind(self, opt: SignifiedOptimizer) -> None:
         self._opt = opt
+        self._shards = sharding.shard_group(opt.all_params())
+        if self._shards is not None and self.reduce in ("mean", "none"):
+            raise ValueError(
+                f"{type(self).__name__}: reduce={self.reduce!r} with sharded (FSDP2) "
+                "parameters would give each shard its own estimate; their norms must be "
+                "summed over the shards: leave reduce='auto' (or pass 'sum')"
+            )
 
     def plan(self, params: Sequence[Tensor], group_index: int) -> State:
         """``slots``: the slot of each tensor (one entry when the whole chunk shares one)."""
@@ -228,16 +245,26 @@ class StepsizeOracle(Transform):
         return [u.lr * s for s in u.step_scale]
 
     # ---- distributed -------------------------------------------------------------------
+    def group(self) -> Any:
+        """The process group of the reductions: the one given, else the shard group of
+        sharded parameters (FSDP2), else the default group."""
+        return self.process_group if self.process_group is not None else self._shards
+
     def reduce_mode(self) -> str:
+        """``"auto"`` is ``"sum"`` over the shard group for sharded parameters (each rank
+        holds a part of every tensor), ``"mean"`` over the default group otherwise (data
+        parallel: replicated parameters, per-rank gradients)."""
         if self.reduce == "none":
             return "none"
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             if self.reduce in ("mean", "sum") and self.process_group is not None:
                 raise RuntimeError("a process_group was given but torch.distributed is not up")
             return "none"
-        if torch.distributed.get_world_size(self.process_group) == 1:
+        if torch.distributed.get_world_size(self.group()) == 1:
             return "none"
-        return "mean" if self.reduce == "auto" else self.reduce
+        if self.reduce == "auto":
+            return "sum" if self._shards is not None else "mean"
+        return self.reduce
 
     def all_reduce(self, mine: dict[str, Tensor]) -> None:
         """Make every rank see the same accumulators: one all-gather of the few floats, then
@@ -249,9 +276,10 @@ class StepsizeOracle(Transform):
 
         acc_sum, acc_max = mine["acc_sum"], mine["acc_max"]
         flat = torch.cat([acc_sum.reshape(-1), acc_max.reshape(-1)])
-        world = dist.get_world_size(self.process_group)
+        group = self.group()
+        world = dist.get_world_size(group)
         out = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
-        dist.all_gather_into_tensor(out, flat, group=self.process_group)
+        dist.all_gather_into_tensor(out, flat, group=group)
         out = out.view(world, -1)
         k = acc_sum.numel()
         sums = out[:, :k].sum(0)
@@ -267,8 +295,8 @@ class StepsizeOracle(Transform):
         import torch.distributed as dist
 
         x = x.clone()
-        dist.all_reduce(x, group=self.process_group)
-        return x / dist.get_world_size(self.process_group)
+        dist.all_reduce(x, group=self.group())
+        return x / dist.get_world_size(self.group())
 
     # ---- logging -----------------------------------------------------------------------
     def stepsizes(self, opt: SignifiedOptimizer) -> list[Tensor]:
@@ -303,7 +331,24 @@ class StepsizeOracle(Transform):
         for i, e in enumerate(eff):
             ctx.write(i, state["s_prev"][i], e, _SCALAR)
 
+    def extra_state(self) -> dict[str, Any] | None:
+        return {"scope": self.scope}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("scope", self.scope) != self.scope:
+            raise ValueError(
+                f"{type(self).__name__}: the state_dict was saved with scope="
+                f"{state.get('scope')!r}, this optimizer has scope={self.scope!r}"
+            )
+
     def after_load(self, opt: SignifiedOptimizer) -> None:
+        mine = opt._shared.get(self.name, {})
+        have, n = (mine["gamma"].numel() if "gamma" in mine else 1), self.n_slots(opt)
+        if have not in (1, n):  # one slot: saved before the first step, grown on use
+            raise ValueError(
+                f"{type(self).__name__}: the state_dict holds {have} stepsize slots, this "
+                f"optimizer has {n} (scope={self.scope!r}): other param groups or parameters"
+            )
         # torch's load_state_dict casts state to the parameter's dtype: packed bits back
         key = self.state_prefix + "bits"
         for st in opt.state.values():
@@ -329,6 +374,9 @@ class ConstantStepsize(StepsizeOracle):
 
     def shared_state(self, device: torch.device) -> dict[str, Any]:
         return {}
+
+    def bind(self, opt: SignifiedOptimizer) -> None:
+        self._opt = opt  # no reductions: nothing to check for sharded parameters
 
     def plan(self, params: Sequence[Tensor], group_index: int) -> State:
         return {}

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import rng
+from ..sharding import local
 from .base import State, StepContext, Update, up
 from .stepsize import StepsizeOracle, check_number
 
@@ -287,7 +288,7 @@ class AliasLowMem(_AliasBase):
     def init(self, params: Sequence[Tensor], group: Mapping[str, Any]) -> State:
         return {
             "bits": [
-                torch.zeros(packed_size(p.numel()), dtype=torch.uint8, device=p.device)
+                torch.zeros(packed_size(local(p).numel()), dtype=torch.uint8, device=p.device)
                 for p in params
             ],
             "gmax": [_scalar_state(p) for p in params],

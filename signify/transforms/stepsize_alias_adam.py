@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..sharding import local
 from .base import State, StepContext, Update, up
 from .stepsize import StepsizeOracle, check_number
 from .stepsize_alias import _SCALAR, _check_direction, pack_signs, packed_size, unpack_signs
@@ -84,7 +85,7 @@ class AliasAdam(StepsizeOracle):
     def init(self, params: Sequence[Tensor], group: Mapping[str, Any]) -> State:
         return {
             "bits": [
-                torch.zeros(packed_size(p.numel()), dtype=torch.uint8, device=p.device)
+                torch.zeros(packed_size(local(p).numel()), dtype=torch.uint8, device=p.device)
                 for p in params
             ],
             "n": [torch.zeros((), dtype=torch.float32, device=p.device) for p in params],
@@ -102,6 +103,8 @@ class AliasAdam(StepsizeOracle):
     def compute(self, s: dict[str, Tensor], ok: Tensor | None) -> None:
         b = math.sqrt(self.beta)
         r = b * s["r"] + (1.0 - b) * s["d"] * s["acc_sum"][0]
+        # an overflowed agreement (finite gradients near 3.4e38) keeps the last estimate
+        r = torch.where(r.isfinite(), r, s["r"])
         d = torch.maximum(s["d"], r)
         for k, v in (("r", r), ("d", d), ("gamma", d)):
             s[k].copy_(v if ok is None else torch.where(ok, v, s[k]))

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .. import bitvote
+from .. import bitvote, sharding
 from .base import State, StepContext, Transform, Update
 
 if TYPE_CHECKING:
@@ -97,6 +97,13 @@ class MajorityVote(Transform):
 
     # ------------------------------------------------------------------ host side
     def bind(self, opt: SignifiedOptimizer) -> None:
+        sharding.refuse(
+            opt,
+            "vote=",
+            "the majority vote replaces the all-reduce of replicated gradients, while FSDP "
+            "has already reduce-scattered them into shards (nothing is left to vote on); "
+            "use vote= on unsharded parameters (no DDP, or DDP under no_sync())",
+        )
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
                 "vote= needs torch.distributed: call init_process_group before building the "

@@ -232,17 +232,19 @@ def test_outer_compile_of_a_training_step():
     """``torch.compile`` of zero_grad + forward + backward + step. ``step`` is excluded from
     tracing (like torch.optim's own ``zero_grad``): the only graph breaks are the three
     clean ones at zero_grad, backward and step, nothing inside signify is traced, and the
-    later steps recompile nothing. The step then runs its own compiled graphs: given the
-    compiled backward's gradients it equals a separate optimizer bit for bit, and the whole
-    run matches a fully eager run to rounding (inductor's forward may round differently)."""
+    later steps recompile nothing. Given the compiled backward's gradients the step equals a
+    separate optimizer bit for bit, and the whole run matches a fully eager run to rounding
+    (inductor's forward may round differently). The optimizer runs eagerly here: a graph
+    break hands ``step`` to plain Python, where its own compiled graphs behave as tested in
+    test_compile.py (compiling them too would add ~40 s of cold CPU compile to the suite)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     model, twin, eager = Tiny(), Tiny(), Tiny()
     cls = signify.signify(torch.optim.AdamW, stochastic=True, stepsize="alias")
-    opt = cls(model.parameters(), seed=3, compile=True, compile_chunk=2)
-    ref = cls(twin.parameters(), seed=3, compile=True, compile_chunk=2)  # same arithmetic
+    opt = cls(model.parameters(), seed=3)
+    ref = cls(twin.parameters(), seed=3)
     opt_eager = cls(eager.parameters(), seed=3)  # eager optimizer, eager model
     step = torch.compile(_train_step)
     x, y = batch()
@@ -258,7 +260,6 @@ def test_outer_compile_of_a_training_step():
         for p, q, e in zip(model.parameters(), twin.parameters(), eager.parameters()):
             assert torch.equal(p, q)
             torch.testing.assert_close(p, e, rtol=1e-6, atol=1e-6)
-    assert opt.compiled and len(opt._executor._compiled) > 0
     # No recompilation after the first step (the count of traced frames is stable).
     assert counters["frames"]["total"] == frames_after_first
     # Exactly the three clean breaks; none from signify's internals (plans, set_ aliases).

@@ -87,6 +87,36 @@ def no_sync(opt: Any, device: torch.device) -> bool | str:
         torch.cuda.set_sync_debug_mode(0)
 
 
+def check(name: str, device: torch.device, steps: int = 8) -> dict[str, Any]:
+    """Compiled (CUDA-graph replay from the third step: gradients are refreshed in place)
+    against eager, same gradients: the largest parameter difference in units of the largest
+    step, the relative difference of the last stepsize, and whether a graph was replayed."""
+    stepsize, momentum, _, _ = CASES[name]
+    shapes = [(512, 512)] * 3 + [(1000,), (24, 40)]
+    out = []
+    for compile_ in (True, False):
+        ps = make_params(shapes, device)
+        cls = signify.signify(torch.optim.SGD, stepsize=oracle(stepsize), compile=compile_)
+        opt = cls(ps, lr=1.0 if stepsize else 1e-3, momentum=momentum)
+        g = torch.Generator(device=device).manual_seed(1)
+        x0 = [p.detach().clone() for p in ps]
+        for _ in range(steps):
+            for p in ps:
+                p.grad.copy_(torch.randn(p.shape, device=device, generator=g) * 1e-3)
+            opt.step()
+        move = max(float((p.detach() - q).abs().max()) for p, q in zip(ps, x0))
+        out.append(([p.detach().clone() for p in ps], float(opt.stepsizes()[0]), move, opt))
+    (pc, sc, move, opt_c), (pe, se, _, _) = out
+    diff = max(float((a - b).abs().max()) for a, b in zip(pc, pe))
+    graph = opt_c._executor._graph
+    return {
+        "check_case": name,
+        "param_diff_per_move": diff / move if move > 0 else float("nan"),
+        "stepsize_rel_diff": abs(sc - se) / abs(se) if se else float("nan"),
+        "graph_replays": graph[3] if graph is not None else 0,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cpu" if args.cpu else "cuda")
     shapes = [(64, 64)] * 4 if args.cpu else [(2048, 2048)] * 32
@@ -122,6 +152,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(rows[-1], flush=True)
         del opt, ps
+    checks = []
+    if args.check and device.type == "cuda" and compile_:
+        for name in args.cases:
+            checks.append(check(name, device))
+            print(checks[-1], flush=True)
     by_name = {r["case"]: r for r in rows}
     for r in rows:
         base = by_name.get(CASES[r["case"]][2])
@@ -134,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "nonfinite": args.nonfinite,
         "copy_bandwidth_GBps": bw / 1e9,
         "rows": rows,
+        "checks": checks,
     }
 
 
@@ -143,6 +179,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--nonfinite", default="skip", choices=("skip", "ignore"))
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare compiled (CUDA graphs) with eager on small shapes (GPU only)",
+    )
     ap.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
     result = run(args)
@@ -157,6 +199,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     cols = ["case", "ms", "ratio", "bytes_per_param", "pct_copy_bw", "no_sync", "first_call_s"]
     print(table(result["rows"], cols))
+    if result["checks"]:
+        print("\ncompiled vs eager, 8 steps, gradients refreshed in place")
+        cols = ["check_case", "param_diff_per_move", "stepsize_rel_diff", "graph_replays"]
+        print(table(result["checks"], cols))
     return result
 
 

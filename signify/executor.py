@@ -26,8 +26,9 @@ lr every step causes no recompile.
 
 Host work. When the set of stepped parameters is the one of the last step, the cached plan
 (aliases of parameters and state, chunk lists) is reused and only gradient aliases are made.
-On CUDA, a compiled chain whose step is pure device work (no host hooks, collectives or
-``nonfinite="raise"``) is captured as one CUDA graph once the same plan and gradient
+On CUDA, a compiled chain whose step is pure device work (no collectives, block switches or
+``nonfinite="raise"``; a stepsize oracle's scalar hooks are allowed, `Transform.graph_safe`)
+is captured as one CUDA graph once the same plan, gradient and optimizer-level tensor
 addresses have repeated for two steps, and replayed while they stay the same: the step then
 costs the host a few dozen microseconds whatever the number of tensors. The capture step
 synchronises once. ``SIGNIFY_CUDA_GRAPHS=0`` turns this off.
@@ -121,13 +122,16 @@ class Executor:
         self.pad = compile and not any(
             t.has_prepare or t.is_barrier or _overrides(t, "plan") for t in self.chain
         )
-        host_hooks = any(self._hooks[h] for h in ("before_step", "finalize", "exchange"))
+        #: whether CUDA graphs may be used at all; `capturable` adds what can change per step
         self.graphs = (
             compile
             and nonfinite != "raise"
-            and not host_hooks
+            and not self._hooks["exchange"]
             and not self._hooks["after_step"]
             and os.environ.get("SIGNIFY_CUDA_GRAPHS", "1") != "0"
+        )
+        self._host_hooked = list(
+            dict.fromkeys(self._hooks["before_step"] + self._hooks["finalize"])
         )
         self._graph: Any = None  # (signature, torch.cuda.CUDAGraph, ok tensor, replays)
         self._last_sig: Any = None
@@ -359,7 +363,7 @@ class Executor:
             for c in plan.chunks()
         }
         if (
-            self.graphs
+            self.capturable()
             and self.shard_group is None
             and plan.devices[0].type == "cuda"
             and len(plan.devices) == 1
@@ -369,6 +373,12 @@ class Executor:
             self.ok = self._run(plan, hypers)
         for t in self._hooks["after_step"]:
             t.after_step(opt)
+
+    def capturable(self) -> bool:
+        """Whether this step may run as a CUDA graph: pure device work, with the host hooks
+        of stepsize oracles allowed when they say so (`Transform.graph_safe`: no
+        all-reduce)."""
+        return self.graphs and all(t.graph_safe() for t in self._host_hooked)
 
     def _raise_if_nonfinite(self, active: list[list[Tensor]]) -> None:
         """``nonfinite="raise"``: one host sync (documented) on the gradients' max-abs norms."""
@@ -382,11 +392,16 @@ class Executor:
 
     def _graphed_step(self, plan: Plan, hypers: dict[Any, dict[str, Tensor]]) -> None:
         """Replay the captured step while nothing it reads by address has moved."""
+        shared = self.opt.shared_state(plan.devices[0])
         sig = (
             id(plan),
             tuple(local(p.grad).data_ptr() for p in plan.grad_params),  # type: ignore[arg-type]
             self.hyper.version,
             self.rank,
+            # optimizer-level tensors (a stepsize's slots grow, a load replaces them)
+            tuple(
+                v.data_ptr() for d in shared.values() for v in d.values() if isinstance(v, Tensor)
+            ),
         )
         graph = self._graph
         if graph is not None and graph[0] == sig:

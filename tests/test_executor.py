@@ -113,3 +113,48 @@ def test_tuple_hyperparameters_change_in_place():
     torch.testing.assert_close(betas, torch.tensor([0.5, 0.9]))
     for a, b in zip(ref_ps, ps):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_which_chains_may_run_as_a_cuda_graph():
+    """A stepsize oracle's scalar hooks (reset before the step, a compiled finalize) do not
+    keep a compiled step out of a CUDA graph; collectives, block switches, the run-and-read
+    fallback and nonfinite="raise" do. (The capture itself needs a GPU: bench/stepsize.py
+    checks a captured ALIAS step against eager there.)"""
+    p = torch.nn.Parameter(torch.randn(8, 16))
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(16, 16) for _ in range(2)])
+
+    def capturable(**kw) -> bool:
+        nonfinite = kw.pop("nonfinite", "skip")
+        cls = signify.signify(torch.optim.SGD, compile=True, **kw)
+        params = model.named_parameters() if "blocks" in kw else [p]
+        return cls(params, lr=1.0, nonfinite=nonfinite)._executor.capturable()
+
+    assert capturable()
+    for name in ("alias", "alias-lowmem", "alias-adam", "constant"):
+        assert capturable(stepsize=name), name
+    assert not capturable(nonfinite="raise")
+    assert not capturable(blocks="cyclic")
+    assert not capturable(stepsize="alias", blocks="cyclic")
+    with pytest.MonkeyPatch.context() as m:  # an all-reduce of the norms is host-issued
+        from signify.transforms.stepsize_alias import Alias
+
+        m.setattr(Alias, "reduce_mode", lambda self: "mean")
+        assert not capturable(stepsize="alias")
+    eager = signify.signify(torch.optim.SGD, stepsize="alias", compile=False)([p], lr=1.0)
+    assert not eager._executor.capturable()
+
+    class OwnSGD(torch.optim.Optimizer):  # no adapter, not traceable: run-and-read
+        def __init__(self, params, lr=0.1):
+            super().__init__(params, {"lr": lr})
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for g in self.param_groups:
+                for q in g["params"]:
+                    if q.grad is not None and float(q.grad.abs().max()) >= 0:  # host read
+                        q.add_(q.grad, alpha=-g["lr"])
+
+    with pytest.warns(UserWarning):
+        generic = signify.signify(OwnSGD, compile=True)([p], lr=1.0)
+    assert not generic._executor.capturable()

@@ -216,6 +216,14 @@ class Transform:
     def exchange(self, opt: SignifiedOptimizer) -> None:
         """The collective between the two passes of a barrier transform."""
 
+    def graph_safe(self) -> bool:
+        """May a step with this transform's ``before_step``/``finalize`` be captured as one
+        CUDA graph? Say True only when ``finalize`` is device work on tensors that keep their
+        addresses from step to step (it is recorded into the graph and replayed) and
+        ``before_step`` may run eagerly before each replay. Transforms with ``exchange`` or
+        ``after_step`` hooks are never captured."""
+        return False
+
     def after_step(self, opt: SignifiedOptimizer) -> None:
         """Host-side work after the step (block switch, ``requires_grad`` flags)."""
 

@@ -188,6 +188,12 @@ class StepsizeOracle(Transform):
         mine["acc_sum"].zero_()
         mine["acc_max"].fill_(-math.inf)  # slots without contributions stay -inf
 
+    def graph_safe(self) -> bool:
+        # ``before_step`` resets the accumulators in place (eagerly, before a replay);
+        # ``finalize`` is a compiled function of per-slot tensors. Only the all-reduce, a
+        # host-issued collective, keeps a step out of a CUDA graph.
+        return self.reduce_mode() == "none"
+
     def finalize(self, opt: SignifiedOptimizer) -> None:
         mine = opt._shared[self.name]
         self.all_reduce(mine)

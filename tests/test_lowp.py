@@ -126,3 +126,30 @@ def test_bf16_params_with_fp32_state():
     assert opt.state[w]["exp_avg"].dtype == torch.float32
     assert w.dtype == torch.bfloat16 and not torch.equal(w, start)
     torch.testing.assert_close(opt.state[w]["exp_avg"], ref, rtol=0, atol=0)
+
+
+def test_two_bf16_writes_share_one_hash_with_independent_halves(monkeypatch):
+    """A pass writing two bf16 buffers of one tensor (parameter and moment) hashes once per
+    element: the second write rounds with the high 16 bits of the first draw. The two
+    roundings stay unbiased and uncorrelated."""
+    from signify.transforms.base import StepContext
+
+    calls = []
+    real = rng.random_bits
+    monkeypatch.setattr(rng, "random_bits", lambda *a: calls.append(a) or real(*a))
+    n = 40000
+    key = torch.randint(0, 2**31 - 1, (3,), dtype=torch.int32)
+    ctx = StepContext({}, {}, key, None, {})
+    a = torch.ones(n, dtype=torch.bfloat16)
+    b = torch.ones(n, dtype=torch.bfloat16)
+    v = torch.full((n,), 1.0 + 2.0**-8)  # half a bf16 ulp above 1: rounds up with p = 1/2
+    ctx.write(1, a, v, rng.stream_constant("param"))
+    ctx.write(1, b, v, rng.stream_constant("exp_avg"))
+    assert len(calls) == 1
+    up_a, up_b = (a.float() > 1).double(), (b.float() > 1).double()
+    assert abs(up_a.mean() - 0.5) < 0.01 and abs(up_b.mean() - 0.5) < 0.01
+    corr = torch.corrcoef(torch.stack([up_a, up_b]))[0, 1]
+    assert abs(corr) < 0.03, corr
+    c = torch.ones(n, dtype=torch.bfloat16)  # a third write draws afresh
+    ctx.write(1, c, v, rng.stream_constant("exp_avg_sq"))
+    assert len(calls) == 2

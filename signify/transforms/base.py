@@ -94,6 +94,8 @@ class StepContext:
         self.keys = keys
         self.ok = ok
         self.shared = shared
+        # the unused high 16 bits of the last stochastic-rounding draw, per (tensor, size)
+        self._spare: dict[tuple[int, int], Tensor] = {}
 
     def flag(self, name: str) -> bool:
         """A static setting: a bool option, or whether a numeric hyperparameter is non-zero."""
@@ -107,6 +109,20 @@ class StepContext:
         """Uniform noise on (-1, 1) shaped like the i-th tensor, float32."""
         return rng.uniform_pm1(self.bits(i, like, stream))
 
+    def rounding_bits(self, i: int, dst: Tensor, stream: int) -> Tensor:
+        """16 random bits per element (in the low half) for stochastically rounding a write
+        into ``dst``. Rounding needs 16 bits and a hash gives 32: the first bf16 write of a
+        tensor in a pass draws from its own ``stream`` and leaves the high half to the
+        second, so a step writing bf16 parameters and a bf16 moment hashes once per element
+        instead of twice (the hash is what bounds such a kernel on a GPU)."""
+        key = (i, dst.numel())
+        spare = self._spare.pop(key, None)
+        if spare is not None:
+            return spare
+        bits = self.bits(i, dst, stream)
+        self._spare[key] = bits >> 16
+        return bits
+
     def write(self, i: int, dst: Tensor, value: Tensor, stream: int) -> None:
         """``dst <- value`` for the i-th tensor, skipped when the step is not ok, rounded
         stochastically when ``dst`` is bfloat16 and ``value`` is not."""
@@ -114,7 +130,7 @@ class StepContext:
             value = torch.where(self.ok, value, dst)
         if dst.dtype != value.dtype:
             if dst.dtype == torch.bfloat16:
-                value = rng.stochastic_round(value, dst.dtype, self.bits(i, dst, stream))
+                value = rng.stochastic_round(value, dst.dtype, self.rounding_bits(i, dst, stream))
             else:
                 value = value.to(dst.dtype)
         dst.copy_(value)

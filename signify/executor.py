@@ -67,6 +67,8 @@ _HOOKS = ("select", "before_step", "finalize", "exchange", "after_step")
 #: The non-finite check reads max |g| per tensor: non-finite exactly when an entry is. (An L1
 #: norm overflows for finite gradients: a 200k-entry fp16 gradient of 0.5s sums past 65504.)
 _MAX_ABS = float("inf")
+#: steps whose gradients moved, with nothing else changed, before the hint to keep them
+_MOVED_WARN = 8
 
 
 class Executor:
@@ -137,6 +139,8 @@ class Executor:
         self._last_sig: Any = None
         self._streak = 0
         self._wasted = 0
+        self._moved = 0
+        self._warned_moved = False
 
     # ------------------------------------------------------------------ planning
     def invalidate(self) -> None:
@@ -362,17 +366,20 @@ class Executor:
             )
             for c in plan.chunks()
         }
-        if (
-            self.capturable()
-            and self.shard_group is None
-            and plan.devices[0].type == "cuda"
-            and len(plan.devices) == 1
-        ):
+        if self._use_graphs(plan):
             self._graphed_step(plan, hypers)
         else:
             self.ok = self._run(plan, hypers)
         for t in self._hooks["after_step"]:
             t.after_step(opt)
+
+    def _use_graphs(self, plan: Plan) -> bool:
+        return (
+            self.capturable()
+            and self.shard_group is None
+            and plan.devices[0].type == "cuda"
+            and len(plan.devices) == 1
+        )
 
     def capturable(self) -> bool:
         """Whether this step may run as a CUDA graph: pure device work, with the host hooks
@@ -412,7 +419,19 @@ class Executor:
         if graph is not None and graph[3] < 2:
             self._wasted += 1  # captured, then moved before it paid off
         self._graph = None
-        self._streak = self._streak + 1 if sig == self._last_sig else 0
+        last = self._last_sig
+        self._streak = self._streak + 1 if sig == last else 0
+        if last is not None and sig != last and sig[0] == last[0] and sig[2:] == last[2:]:
+            self._moved += 1  # only the gradients' addresses changed
+            if self._moved == _MOVED_WARN and self._graph is None and not self._warned_moved:
+                self._warned_moved = True
+                warnings.warn(
+                    "signify: the gradients move to new addresses every step (zero_grad with "
+                    "set_to_none=True), so the compiled step cannot replay as a CUDA graph and "
+                    "pays its host overhead; call opt.zero_grad(set_to_none=False) to keep "
+                    "them in place (docs/performance.md)",
+                    stacklevel=3,
+                )
         self._last_sig = sig
         if self._streak < 2 or self._wasted >= 3:
             self.ok = self._run(plan, hypers)

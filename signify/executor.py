@@ -67,7 +67,7 @@ _HOOKS = ("select", "before_step", "finalize", "exchange", "after_step")
 #: The non-finite check reads max |g| per tensor: non-finite exactly when an entry is. (An L1
 #: norm overflows for finite gradients: a 200k-entry fp16 gradient of 0.5s sums past 65504.)
 _MAX_ABS = float("inf")
-#: steps whose gradients moved, with nothing else changed, before the hint to keep them
+#: steps whose gradients moved (nothing else changed, no replay in between) before the hint
 _MOVED_WARN = 8
 
 
@@ -414,6 +414,7 @@ class Executor:
         if graph is not None and graph[0] == sig:
             graph[1].replay()
             graph[3] += 1
+            self._moved = 0  # the replay works: moves now and then are no cause to warn
             self.ok = graph[2]
             return
         if graph is not None and graph[3] < 2:
@@ -423,7 +424,7 @@ class Executor:
         self._streak = self._streak + 1 if sig == last else 0
         if last is not None and sig != last and sig[0] == last[0] and sig[2:] == last[2:]:
             self._moved += 1  # only the gradients' addresses changed
-            if self._moved == _MOVED_WARN and self._graph is None and not self._warned_moved:
+            if self._moved == _MOVED_WARN and not self._warned_moved:
                 self._warned_moved = True
                 warnings.warn(
                     "signify: the gradients move to new addresses every step (zero_grad with "

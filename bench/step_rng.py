@@ -45,7 +45,7 @@ def random_bits_i32(key: torch.Tensor, n: int, device: torch.device, stream: int
 
 def uniform_i32(bits: torch.Tensor) -> torch.Tensor:
     k = ((bits >> 8) & 0xFFFFFF).to(torch.float32)
-    return (k * 2.0 + 1.0) * (2.0**-24) - 1.0
+    return ((k - 8388608.0) * 2.0 + 1.0) * (2.0**-24)
 
 
 def _kernel(noise: str, sr: str) -> Callable[..., None]:

@@ -51,8 +51,36 @@ def fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
-def compile_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return torch.compile(fn, fullgraph=True, dynamic=True)
+def compile_fn(fn: Callable[..., Any], kind: str, device_type: str) -> Callable[..., Any]:
+    options = inductor_options(kind, device_type)
+    return torch.compile(fn, fullgraph=True, dynamic=True, options=options)
+
+
+def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
+    """Inductor settings of one graph (``kind``: "prepare", "bookkeeping" or "segment").
+
+    The counter hash (`signify.rng`) reads every intermediate twice (``x ^ (x >> 16)``);
+    inductor inlines a pointwise value into each reader unless its expression exceeds
+    ``realize_opcount_threshold`` operations (default 30), so a chain of hash rounds is
+    re-expanded in every reader, lowering work that doubles per round. A lower threshold
+    materialises the intermediates, which the scheduler fuses back into the same kernel as
+    kernel-local values (the kernel count does not change).
+
+    * bookkeeping (integer scalars only, so exact whatever the kernel layout): threshold 4.
+      CPU, cold cache: the step key's graph 30 s -> 9 s.
+    * elementwise graphs on the CPU: threshold 8; the same bits as 30 (bench/realize.py),
+      a stochastic AdamW bf16 first step 27-29 s -> 20-22 s on 2 cores.
+    * elementwise graphs on a GPU: inductor's default. Threshold 8 measured on an H100
+      (bench/results/h100-session3-2026-11-23): 350M cold compile 23.7 -> 18.2 s, stochastic
+      Adam bf16 1.368 -> 1.263 ms, fp32 equal, but its stochastic Adam parameters differed
+      in bits from threshold 30 (whose steps equal eager), so it is not the default until
+      it is checked against eager there. ``SIGNIFY_REALIZE_THRESHOLD`` overrides both
+      elementwise defaults.
+    """
+    if kind == "bookkeeping":
+        return {"realize_opcount_threshold": 4}
+    default = "8" if device_type == "cpu" else "30"
+    return {"realize_opcount_threshold": int(os.environ.get("SIGNIFY_REALIZE_THRESHOLD", default))}
 
 
 def no_duck_shapes() -> contextlib.AbstractContextManager[Any]:

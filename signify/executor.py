@@ -330,12 +330,15 @@ class Executor:
         )
 
     # ------------------------------------------------------------------ running
-    def _runner(self, key: tuple[Any, ...], make: Callable[[], Callable[..., Any]]) -> Any:
+    def _runner(
+        self, key: tuple[Any, ...], make: Callable[[], Callable[..., Any]], device: torch.device
+    ) -> Any:
         fn = self._compiled.get(key)
         if fn is None:
             fn = make()
             if self.compile:
-                fn = compiled.compile_fn(compiled.fresh(fn, f"{self._tag}_{len(self._compiled)}"))
+                tagged = compiled.fresh(fn, f"{self._tag}_{len(self._compiled)}")
+                fn = compiled.compile_fn(tagged, key[0], device.type)
             self._compiled[key] = fn
         return fn
 
@@ -482,7 +485,9 @@ class Executor:
                 for c, grads, hyper in per_chunk:
                     pkey: tuple[Any, ...] = ("prepare", c.static, len(c.views), c.rows, check)
                     run = self._compiled.get(pkey) or self._runner(
-                        pkey, _maker(compiled.make_prepare, self.chain, c.static, check, c.rows)
+                        pkey,
+                        _maker(compiled.make_prepare, self.chain, c.static, check, c.rows),
+                        device,
                     )
                     run(c.views, grads, c.states, hyper, c.keys, shared_tensors, bad)
             if check and bad is not None and self.shard_group is not None:
@@ -511,6 +516,7 @@ class Executor:
                     run = self._compiled.get(skey) or self._runner(
                         skey,
                         _maker(compiled.make_segment, self.chain, start, end, c.static, c.rows),
+                        device,
                     )
                     run(c.views, grads, c.states, hyper, c.keys, ok, shared_tensors)
                 if s + 1 < len(self.segments):
@@ -526,6 +532,7 @@ class Executor:
         run = self._runner(
             ("bookkeeping", mode, self.rank != 0, len(here)),
             lambda: compiled.make_bookkeeping(mode, self.rank != 0),
+            device,
         )
         rank_key = self._rank_keys.get((device, self.rank))
         if rank_key is None:

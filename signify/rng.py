@@ -145,12 +145,15 @@ def uniform_pm1(bits: Tensor) -> Tensor:
     """Map 32 random bits (int32 or int64) to float32 uniforms on the open interval (-1, 1),
     symmetric about 0.
 
-    The top 24 bits give ``(2k + 1) / 2**24 - 1`` for k in [0, 2**24): every value is
-    exactly representable, and the distribution is exactly symmetric, so
-    ``E[sign(a + s * n)] = a / s`` holds to within 2**-24 for ``|a| <= s``.
+    The top 24 bits give ``(2k + 1) / 2**24 - 1`` for k in [0, 2**24), computed as
+    ``(2 (k - 2**23) + 1) / 2**24`` so that every intermediate is an integer below 2**24 in
+    magnitude: exact in float32 (the form ``(2k + 1) / 2**24 - 1`` rounds ``2k + 1`` for
+    k >= 2**23 and maps the top k to exactly 1.0). The values are odd multiples of 2**-24,
+    exactly symmetric, so ``E[sign(a + s * n)] = a / s`` holds to within 2**-24 for
+    ``|a| <= s``.
     """
     k = ((bits >> 8) & 0xFFFFFF).to(torch.float32)
-    return (k * 2.0 + 1.0) * (2.0**-24) - 1.0
+    return ((k - 8388608.0) * 2.0 + 1.0) * (2.0**-24)
 
 
 def stochastic_round(value: Tensor, dtype: torch.dtype, bits: Tensor) -> Tensor:

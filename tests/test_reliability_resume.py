@@ -28,12 +28,15 @@ TOTAL = 8
 class Stack(nn.Module):
     """``layers.{i}`` between an input embedding and a head (outside the blocks)."""
 
-    def __init__(self, width: int = 5, depth: int = 3, seed: int = 0) -> None:
+    def __init__(
+        self, width: int = 5, depth: int = 3, seed: int = 0, inputs: int = 3, outputs: int = 1
+    ) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.embed = nn.Linear(3, width)
+        self.inputs = inputs
+        self.embed = nn.Linear(inputs, width)
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-        self.head = nn.Linear(width, 1)
+        self.head = nn.Linear(width, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
@@ -64,7 +67,7 @@ def make(model: nn.Module, base: str, rule: str, **options):
 def train(model: nn.Module, opt, steps: range, bad: int | None) -> None:
     for k in steps:
         gen = torch.Generator().manual_seed(k)
-        x = torch.randn(6, 3, generator=gen)
+        x = torch.randn(6, model.inputs, generator=gen)
         opt.zero_grad()
         loss = model(x)
         if k == bad:
@@ -118,12 +121,15 @@ def identical(x: torch.Tensor, y: torch.Tensor, what) -> None:
     torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
 
 
-def resume_matches(base: str, rule: str, stop: int, bad: int | None, **options) -> None:
-    straight = Stack()
+def resume_matches(
+    base: str, rule: str, stop: int, bad: int | None, shapes: dict | None = None, **options
+) -> None:
+    shapes = shapes or {}
+    straight = Stack(**shapes)
     opt_a = make(straight, base, rule, **options)
     train(straight, opt_a, range(TOTAL), bad)
 
-    first = Stack()
+    first = Stack(**shapes)
     opt_b = make(first, base, rule, **options)
     train(first, opt_b, range(stop), bad)
     buf = io.BytesIO()
@@ -131,7 +137,7 @@ def resume_matches(base: str, rule: str, stop: int, bad: int | None, **options) 
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=False)
 
-    fresh = Stack(seed=123)  # other values and (below) another seed: the checkpoint's win
+    fresh = Stack(seed=123, **shapes)  # other values and (below) another seed: the checkpoint's win
     fresh.load_state_dict(ckpt["model"])
     opt_c = make(fresh, base, rule, **{**options, "seed": 999})
     opt_c.load_state_dict(ckpt["opt"])
@@ -154,8 +160,12 @@ def test_exact_resume_at_any_step(base, rule, stop, bad):
 
 
 def test_exact_resume_compiled():
-    """The compiled executor (chunks of 2 tensors), stopped mid-hold after a skipped step."""
-    resume_matches("adamw", "depth", stop=5, bad=3, compile=True, compile_chunk=2)
+    """The compiled executor (chunks of 2 tensors), stopped mid-hold after a skipped step.
+    Every block has the same shapes (weight 5 x 5 and bias), so one set of graphs serves all
+    five (cold compile on 2 cores: 40 s with three sets of shapes, the eager test above
+    covers those)."""
+    shapes = {"inputs": 5, "outputs": 5}
+    resume_matches("adamw", "depth", stop=5, bad=3, shapes=shapes, compile=True, compile_chunk=2)
 
 
 # ------------------------------------------------------------------------ refused loads

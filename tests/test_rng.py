@@ -46,6 +46,17 @@ def test_random_bits_match_reference_and_are_32_bit():
     assert torch.equal(same.to(torch.int64) & 0xFFFFFFFF, got)
 
 
+def test_uniform_map_is_exact_and_symmetric_over_every_24_bit_value():
+    """All 2**24 inputs: each maps to (2k + 1) / 2**24 - 1 exactly (float64 reference), inside
+    the open interval, and k and 2**24 - 1 - k map to opposite values."""
+    k = torch.arange(1 << 24, dtype=torch.int64)
+    u = rng.uniform_pm1((k << 8) | int(torch.randint(0, 256, ()))).double()
+    want = (2 * k.double() + 1) / 2.0**24 - 1
+    assert torch.equal(u, want)
+    assert u.min() > -1 and u.max() < 1
+    assert torch.equal(u, -u.flip(0))
+
+
 def test_uniform_is_symmetric_open_interval_with_right_moments():
     key = rng.step_key(torch.tensor(int(torch.randint(0, 2**62, ()).item())), torch.tensor(7))
     n = 1 << 20

@@ -46,9 +46,14 @@ def test_sos_finds_a_good_constant_step():
         assert p.accepted == (p.gamma**2 <= p.phi)
     grid = [float(10.0**k) for k in np.linspace(-4, 0, 9)]
     losses = convex.sign_descent_grid(problem, [*grid, res.gamma], steps)
-    # a reconstruction that errs small (measured 1.03x-1.25x on the paper-sized problems)
-    assert losses[-1] <= 1.5 * losses[:-1].min()
-    assert (losses[-1] < losses[:-1]).sum() >= 6
+    # A reconstruction that errs small. Over 200 seeds of this problem (n=400, d=20): the step
+    # found is best/3.40 ... best*1.11 of the best grid step, its loss beats 8 of the 9 grid
+    # points every time, and its loss is 1.00x the best grid loss at the median, 1.38x at the
+    # 95th percentile, 3.36x at worst (the best grid step is 3.2x larger there and the loss
+    # is small: 0.02).
+    best = grid[int(losses[:-1].argmin())]
+    assert best / 4 <= res.gamma <= 1.5 * best
+    assert (losses[-1] < losses[:-1]).sum() >= 7
     # final_run leaves x at the end of a run with the found step
     res2 = sos.sos([x], _closure(problem, x), 100, budget=3, final_run=True)
     want = convex.sign_descent_grid(problem, [res2.gamma], 100)[0]

@@ -267,6 +267,11 @@ def test_preset_signatures():
         signify.Signum(ps, lr=1e-3, momentum=0.9, weight_decay=0.1), torch.optim.Optimizer
     )
     assert signify.StoSignSGD(ps, betas=(0.9, 0.99)).param_groups[0]["scale_beta"] == 0.99
+    # paper defaults (algorithms.md 2.2): momentum 0.9 with dampening 0.9, pure running max
+    g = signify.StoSignSGD(ps).param_groups[0]
+    assert (g["momentum"], g["dampening"], g["scale_beta"]) == (0.9, 0.9, 1.0)
+    g = signify.Signum(ps).param_groups[0]
+    assert (g["momentum"], g["dampening"]) == (0.9, 0.9)
     with pytest.raises(ValueError, match=r"betas\[1\]"):  # the preset's own argument
         signify.StoSignSGD(ps, betas=(0.9, 1.5))
     with pytest.raises(TypeError, match="betas"):

@@ -167,4 +167,9 @@ def test_nonfinite_raise_and_ignore():
     assert all(torch.equal(p.detach(), b) for p, b in zip(ps, before))
     opt = signify.signify(torch.optim.SGD, nonfinite="ignore")(ps, lr=0.1)
     opt.step()
-    assert torch.isnan(ps[0]).any() or True  # sign(nan) is nan: ignored means not checked
+    # not checked: the step is applied (sign(nan) = 0, so that coordinate stays) and not counted
+    assert opt.skipped_steps == 0
+    for p, b in zip(ps, before):
+        want = b - 0.1 * torch.sign(torch.nan_to_num(p.grad, nan=0.0))
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-7)
+    assert ps[0][0, 0] == before[0][0, 0]

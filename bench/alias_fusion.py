@@ -12,7 +12,9 @@ Passes timed (B/param: the bytes each must move):
 * ``upd_unit``: the same without ``max |d|`` (20);
 * ``upd_rows``: ``max |d|`` as a max over rows of 16 inside the update, then over rows (20);
 * ``upd_nowhere``: ``g' <- g`` written without reading ``g'`` (16; what ``nonfinite="ignore"``
-  allows).
+  allows);
+* ``upd_unit_gather`` / ``upd_rows_gather``: the skip kept, ``g'``'s old value gathered at an
+  index that is 0 on an applied step (16).
 
     PYTHONPATH=. python bench/alias_fusion.py         # GPU, about a minute
     PYTHONPATH=. python bench/alias_fusion.py --cpu   # smoke test, tiny, eager timing
@@ -84,13 +86,18 @@ def _upd(p, g, gp, eff, ok, dx, mode):  # type: ignore[no-untyped-def]
         d = torch.sign(gi)
         if mode == "measure":
             dx[i].copy_(torch.where(ok, eff * d.abs().amax(), dx[i]))
-        elif mode == "rows":
+        elif mode in ("rows", "rows_gather"):
             dx[i].copy_(torch.where(ok, eff * d.view(-1, 16).abs().amax(1).amax(), dx[i]))
         else:
             dx[i].copy_(torch.where(ok, eff, dx[i]))
         x.copy_(torch.where(ok, x - eff * d, x))
         if mode == "nowhere":
             gpi.copy_(gi)
+        elif mode.endswith("gather"):
+            # the old value is read only on a skipped step: on an applied one every lane
+            # gathers element 0 (one cache line), so g' is written without being read
+            idx = torch.where(ok, 0, torch.arange(gpi.shape[0], device=gpi.device))
+            gpi.copy_(torch.where(ok, gi, gpi[idx]))
         else:
             gpi.copy_(torch.where(ok, gi, gpi))
 
@@ -113,10 +120,10 @@ def variants() -> dict[str, tuple[Callable[..., Any], int, bool]]:
                 lambda b, s, mode=mode: b["f"][f"upd_{mode}"](
                     b["p"][s], b["g"][s], b["gp"][s], b["lr"], b["ok"], b["dx"][s]
                 ),
-                16 if mode == "nowhere" else 20,
+                16 if mode in ("nowhere", "unit_gather", "rows_gather") else 20,
                 True,
             )
-            for mode in ("measure", "unit", "rows", "nowhere")
+            for mode in ("measure", "unit", "rows", "nowhere", "unit_gather", "rows_gather")
         },
     }
 
@@ -127,7 +134,7 @@ def compiled_fns(do_compile: bool) -> dict[str, Callable[..., Any]]:
         "pre_flat": pre_flat,
         "pre_rows": pre_rows,
     }
-    for mode in ("measure", "unit", "rows", "nowhere"):
+    for mode in ("measure", "unit", "rows", "nowhere", "unit_gather", "rows_gather"):
 
         def f(p, g, gp, eff, ok, dx, mode=mode):  # type: ignore[no-untyped-def]
             _upd(p, g, gp, eff, ok, dx, mode)

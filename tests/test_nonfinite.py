@@ -315,3 +315,33 @@ def test_large_finite_fp16_gradient_is_not_skipped():
     p.grad[7] = math.inf
     opt.step()
     assert opt.skipped_steps == 1
+
+
+def test_compiled_skip_keeps_write_only_state(name="alias"):
+    """Compiled, a skipped step keeps ALIAS's write-only buffer (the previous gradient; the
+    packed signs of the low-memory variants take the same path), whose old value the kernel
+    gathers only on a skipped step (`StepContext.write(fresh=True)`); the 4 x 4 weights run
+    in the rows lane (and its fused ``max |d|``), the biases in the flat one."""
+    model, twin = Stack(), Stack()
+    opt = build(name, model, compile=True, compile_chunk=2)
+    ref = build(name, twin)  # eager: the plain where
+    assert opt.compiled and not ref.compiled
+    for k in range(3):
+        grads(model, k)
+        opt.step()
+        grads(twin, k)
+        ref.step()
+    before = snapshot(model, opt)
+    grads(model, 3, math.nan)
+    opt.step()
+    same(before, snapshot(model, opt))
+    for k in range(4, 7):
+        grads(model, k)
+        opt.step()
+        grads(twin, k)
+        ref.step()
+    a, b = snapshot(twin, ref), snapshot(model, opt)
+    for x, y in zip(a["params"], b["params"]):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    for k in a["state"]:
+        torch.testing.assert_close(a["state"][k], b["state"][k], rtol=1e-6, atol=1e-7)

@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=. TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_C
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 DEST=${OUT:-bench/results}
 OUT=$(mktemp -d)  # everything here, packed into $DEST/session4.tgz at the end (few files come back)
-END=$((SECONDS + ${TOTAL_S:-585}))
+END=$((SECONDS + ${TOTAL_S:-540}))
 part() {  # part NAME SECONDS command...: run if it fits, time-boxed
   local name=$1 limit=$2; shift 2
   local left=$((END - SECONDS))
@@ -21,13 +21,13 @@ part() {  # part NAME SECONDS command...: run if it fits, time-boxed
 }
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$OUT/gpu.txt" 2>&1
-part test_cuda 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 part stepsize 150 python3 bench/stepsize.py --cases signum alias 'alias(beta)' alias-lowmem --out "$OUT"
 part stepsize_old 100 env SIGNIFY_SKIP_READ=where SIGNIFY_ABSMAX=flat python3 bench/stepsize.py --no-check --cases signum alias 'alias(beta)' --out "$OUT/old"
-part alias_fusion 100 python3 bench/alias_fusion.py --out "$OUT/alias_fusion.json"
-part realize_check 90 python3 bench/realize_check.py fp32 bf16
-part vote_w1 90 python3 -m torch.distributed.run --standalone --nproc_per_node=1 bench/vote.py --skip-gpt --out "$OUT"
+part test_cuda 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+part alias_fusion 80 python3 bench/alias_fusion.py --out "$OUT/alias_fusion.json"
+part realize_check 70 python3 bench/realize_check.py fp32 bf16
 part blocks 150 python3 bench/blocks.py --policies --skip-per-layer --out "$OUT"
+part vote_w1 90 python3 -m torch.distributed.run --standalone --nproc_per_node=1 bench/vote.py --skip-gpt --out "$OUT"
 head -3 "$OUT/gpu.txt"; tail -n 3 "$OUT/test_cuda.log"
 for f in stepsize stepsize_old; do grep -A8 "^| case" "$OUT/$f.log" | head -7; done
 grep -A3 "^| check_case" "$OUT/stepsize.log" | head -7

@@ -17,7 +17,8 @@ part() {  # part NAME SECONDS command...: run if it fits, time-boxed
   [ "$limit" -gt "$left" ] && limit=$left
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "$name rc=$? ${limit}s box, took $((SECONDS - t0))s"
+  echo "$name rc=$? ${limit}s box, took $((SECONDS - t0))s" | tee -a "$OUT/parts.txt"
+  mkdir -p "$DEST"; tar czf "$DEST/session4.tgz" -C "$OUT" .  # whatever is done comes back
 }
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$OUT/gpu.txt" 2>&1
@@ -33,4 +34,4 @@ for f in stepsize stepsize_old; do grep -A8 "^| case" "$OUT/$f.log" | head -7; d
 grep -A3 "^| check_case" "$OUT/stepsize.log" | head -7
 tail -n 12 "$OUT/alias_fusion.log"; tail -n 4 "$OUT/realize_check.log"
 tail -n 8 "$OUT/vote_w1.log"; tail -n 9 "$OUT/blocks.log"
-mkdir -p "$DEST"; tar czf "$DEST/session4.tgz" -C "$OUT" .
+tar czf "$DEST/session4.tgz" -C "$OUT" .

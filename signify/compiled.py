@@ -30,8 +30,10 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .transforms.base import ROW, StepContext, Transform, Update
+from .transforms.base import StepContext, Transform, Update
 
+#: Row length of the "rows" layout: 16 elements, a multiple of every vector width.
+ROW = 16
 LAYOUTS = ("rows", "flat")
 FINITE_CHECKS = ("graph", "foreach")
 
@@ -141,7 +143,6 @@ def make_segment(
         if rows:
             _rows(params)
         ctx = StepContext(hyper, static, keys, ok, shared)
-        ctx.rows = rows
         u = Update(params=params, grads=grads, lr=hyper["lr"])
         for i, t in enumerate(chain):
             u = t.begin(u, states[i], ctx)

@@ -318,10 +318,11 @@ def test_large_finite_fp16_gradient_is_not_skipped():
 
 
 def test_compiled_skip_keeps_write_only_state(name="alias"):
-    """Compiled, a skipped step keeps ALIAS's write-only buffer (the previous gradient; the
-    packed signs of the low-memory variants take the same path), whose old value the kernel
-    gathers only on a skipped step (`StepContext.write(fresh=True)`); the 4 x 4 weights run
-    in the rows lane (and its fused ``max |d|``), the biases in the flat one."""
+    """Compiled, a skipped step keeps ALIAS's previous gradient, a buffer the update pass
+    otherwise only writes (a cheaper keep that skips reading it was tried and measured
+    slower, docs/stepsize.md); the 4 x 4 weights run in the rows lane, the biases in the
+    flat one. The compiled run then continues like an eager twin that never saw the bad
+    step."""
     model, twin = Stack(), Stack()
     opt = build(name, model, compile=True, compile_chunk=2)
     ref = build(name, twin)  # eager: the plain where

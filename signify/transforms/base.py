@@ -38,7 +38,6 @@ reductions before the update), ``exchange`` (a collective between two elementwis
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -51,18 +50,6 @@ if TYPE_CHECKING:
     from ..optimizer import SignifiedOptimizer
 
 State = dict[str, list[Tensor]]
-
-#: Row length of the executor's "rows" layout: 16 elements, a multiple of every vector width.
-ROW = 16
-
-#: how `StepContext.write` keeps a write-only buffer on a skipped step ("gather" or "where")
-SKIP_READ = os.environ.get("SIGNIFY_SKIP_READ", "gather")
-#: how `StepContext.absmax` reduces in a rows chunk ("rows" or "flat")
-ABSMAX = os.environ.get("SIGNIFY_ABSMAX", "rows")
-if ABSMAX not in ("rows", "flat"):
-    raise ValueError(f"SIGNIFY_ABSMAX must be 'rows' or 'flat', got {ABSMAX!r}")
-if SKIP_READ not in ("gather", "where"):
-    raise ValueError(f"SIGNIFY_SKIP_READ must be 'gather' or 'where', got {SKIP_READ!r}")
 
 
 def up(t: Tensor) -> Tensor:
@@ -109,21 +96,6 @@ class StepContext:
         self.shared = shared
         # the unused high 16 bits of the last stochastic-rounding draw, per (tensor, size)
         self._spare: dict[tuple[int, int], Tensor] = {}
-        #: every size in this chunk is a multiple of `ROW` (the executor's "rows" lane)
-        self.rows = False
-
-    def absmax(self, x: Tensor) -> Tensor:
-        """``max |x|`` of a 1-D tensor of this chunk, as a 0-d tensor (0 for an empty one).
-
-        In a rows chunk it is taken over rows of `ROW` first, so that the reduction's
-        iteration space is the elementwise pass's: inductor can then fuse it into the
-        update kernel instead of running a split reduction that reads the operands again
-        (ALIAS's ``max |d|``). ``SIGNIFY_ABSMAX=flat`` keeps the flat reduction."""
-        if x.numel() == 0:
-            return x.new_zeros(())
-        if self.rows and ABSMAX == "rows":
-            return x.view(-1, ROW).abs().amax(1).amax()
-        return x.abs().amax()
 
     def flag(self, name: str) -> bool:
         """A static setting: a bool option, or whether a numeric hyperparameter is non-zero."""
@@ -151,26 +123,11 @@ class StepContext:
         self._spare[key] = bits >> 16
         return bits
 
-    def write(
-        self, i: int, dst: Tensor, value: Tensor, stream: int, *, fresh: bool = False
-    ) -> None:
+    def write(self, i: int, dst: Tensor, value: Tensor, stream: int) -> None:
         """``dst <- value`` for the i-th tensor, skipped when the step is not ok, rounded
-        stochastically when ``dst`` is bfloat16 and ``value`` is not.
-
-        ``fresh``: the pass reads ``dst`` nowhere else (ALIAS's previous gradient). Keeping
-        it on a skipped step then need not cost a read of the whole buffer on every step:
-        the old value is gathered at an index that is 0 on an applied step, so every lane
-        reads the same element (one cache line) and the buffer is only written. Measured
-        against the plain ``where`` by ``bench/alias_fusion.py``; ``SIGNIFY_SKIP_READ=where``
-        turns it off."""
+        stochastically when ``dst`` is bfloat16 and ``value`` is not."""
         if self.ok is not None:
-            # eagerly the gather would cost an index tensor: only compiled kernels use it
-            gather = fresh and dst.dim() == 1 and SKIP_READ == "gather"
-            if gather and torch.compiler.is_compiling():
-                idx = torch.where(self.ok, 0, torch.arange(dst.shape[0], device=dst.device))
-                value = torch.where(self.ok, value, dst[idx])
-            else:
-                value = torch.where(self.ok, value, dst)
+            value = torch.where(self.ok, value, dst)
         if dst.dtype != value.dtype:
             if dst.dtype == torch.bfloat16:
                 value = rng.stochastic_round(value, dst.dtype, self.rounding_bits(i, dst, stream))

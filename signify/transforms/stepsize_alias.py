@@ -257,9 +257,9 @@ class Alias(_AliasBase):
             if unit:
                 dx = eff[i]
             else:
-                dx = eff[i] * ctx.absmax(move)
+                dx = eff[i] * move.abs().amax() if p.numel() > 0 else eff[i] * 0
             ctx.write(i, state["dx"][i], dx, _SCALAR)
-            ctx.write(i, state["g_prev"][i], up(u.grads[i]), _GPREV, fresh=True)
+            ctx.write(i, state["g_prev"][i], up(u.grads[i]), _GPREV)
         self.record_step(ctx, state, eff)
         return u, state
 
@@ -348,6 +348,6 @@ class AliasLowMem(_AliasBase):
             ctx.write(i, state["dx"][i], dx1, _SCALAR)
             ctx.write(i, state["gmax"][i], state["cur"][i][0], _SCALAR)
             ctx.write(i, state["gmin"][i], state["cur"][i][1], _SCALAR)
-            ctx.write(i, state["bits"][i], pack_signs(u.grads[i]), _SCALAR, fresh=True)
+            ctx.write(i, state["bits"][i], pack_signs(u.grads[i]), _SCALAR)
         self.record_step(ctx, state, eff)
         return u, state

@@ -141,8 +141,10 @@ def test_embedded_default_is_the_issue_study():
         "blocks": {"rule": "depth", "outside": "own"},
     }
     assert alias.schedule == "constant" and study.schedule == "cosine"
-    # Full-length tuning reuses the winner's run as the first seed's run.
-    assert runner.plan_size(study, variants) == 6 * 3 + 6 * 1 + 2
+    assert by_name["AdamW (torch)"].lrs == (1e-3, 3e-3, 1e-2, 3e-2)
+    # Full-length tuning reuses the winner's run as the first seed's run: AdamW's 4 grid
+    # points, 5 other grids of 3, the second seed of those 6, ALIAS's 2 seeds.
+    assert runner.plan_size(study, variants) == 4 + 5 * 3 + 6 * 1 + 2
     for task in tasks.TASKS:
         s, vs = config.load(task)
         assert s.task == task and vs

@@ -43,11 +43,6 @@ def random_bits_i32(key: torch.Tensor, n: int, device: torch.device, stream: int
     return _mix_i32(x ^ k2)
 
 
-def uniform_i32(bits: torch.Tensor) -> torch.Tensor:
-    k = ((bits >> 8) & 0xFFFFFF).to(torch.float32)
-    return ((k - 8388608.0) * 2.0 + 1.0) * (2.0**-24)
-
-
 def _kernel(noise: str, sr: str) -> Callable[..., None]:
     def step(p, g, m, v, key, lr, b1, b2, eps, bc1, bc2):  # type: ignore[no-untyped-def]
         n = p.numel()
@@ -59,7 +54,7 @@ def _kernel(noise: str, sr: str) -> Callable[..., None]:
         if noise == "hash64":
             u = rng.uniform_pm1(rng.random_bits(key, n, p.device, 1))
         elif noise == "hash32":
-            u = uniform_i32(random_bits_i32(key, n, p.device, 1))
+            u = rng.uniform_pm1(random_bits_i32(key, n, p.device, 1))
         elif noise == "rand_like":
             u = torch.rand_like(a) * 2 - 1
         else:

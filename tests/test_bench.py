@@ -26,3 +26,18 @@ def test_step_bench_cpu_smoke(tmp_path):
     assert rows["Signum"]["B_param"] == 20 and rows["SignAdam stochastic"]["B_param"] == 28
     assert rows["SignAdamax stochastic"]["adapter"] in ("traced", "adamax")  # not run-and-read
     assert "| workload | dtype | row |" in r.stdout.splitlines()[-len(rows) - 2]
+
+
+def test_alias_fusion_bench_cpu_smoke(tmp_path):
+    """bench/alias_fusion.py --cpu: every formulation of ALIAS's passes computes what the
+    plain one does (applied and skipped steps), and each pass is timed."""
+    out = tmp_path / "fusion.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "bench/alias_fusion.py", "--cpu", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    payload = json.loads(out.read_text())
+    assert payload["agree"] and all(payload["agree"].values()), payload["agree"]
+    names = {row["pass"] for row in payload["rows"]}
+    assert {"check", "signum", "pre_flat", "upd_measure", "upd_unit_gather"} <= names
+    assert all(row["ms"] > 0 for row in payload["rows"])

@@ -105,6 +105,9 @@ def main() -> None:
             f"per step each rank sends about {ring * n / 8 / 2**10:.1f} KiB of packed signs "
             f"(a fp32 gradient all-reduce: {ring * 4 * n / 2**10:.1f} KiB)"
         )
+    # every rank reaches teardown before any closes its connections (a rank that destroyed
+    # its gloo group while its peer was still printing aborted once in CI-like runs)
+    dist.barrier()
     dist.destroy_process_group()
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)

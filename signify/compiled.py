@@ -80,7 +80,10 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
     if kind == "bookkeeping":
         return {"realize_opcount_threshold": 4}
     default = "8" if device_type == "cpu" else "30"
-    return {"realize_opcount_threshold": int(os.environ.get("SIGNIFY_REALIZE_THRESHOLD", default))}
+    raw = os.environ.get("SIGNIFY_REALIZE_THRESHOLD", default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"SIGNIFY_REALIZE_THRESHOLD must be a positive integer, got {raw!r}")
+    return {"realize_opcount_threshold": int(raw)}
 
 
 def no_duck_shapes() -> contextlib.AbstractContextManager[Any]:

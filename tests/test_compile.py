@@ -121,3 +121,22 @@ def test_traced_adapter_compiles_like_eager():
     assert isinstance(opt_c.chain[0], TracedAdapter) and opt_c.compiled
     assert graphs[-1] == graphs[1], graphs
     torch.testing.assert_close(comp, eager, rtol=0, atol=1e-6)
+
+
+def test_inductor_options_per_graph_kind_and_override(monkeypatch):
+    """The realize threshold each graph kind compiles with, the environment override, and a
+    clear error for a bad override."""
+    from signify import compiled
+
+    monkeypatch.delenv("SIGNIFY_REALIZE_THRESHOLD", raising=False)
+    key = "realize_opcount_threshold"
+    assert compiled.inductor_options("bookkeeping", "cuda")[key] == 4
+    assert compiled.inductor_options("segment", "cpu")[key] == 8
+    assert compiled.inductor_options("prepare", "cuda")[key] == 30
+    monkeypatch.setenv("SIGNIFY_REALIZE_THRESHOLD", "12")
+    assert compiled.inductor_options("segment", "cuda")[key] == 12
+    assert compiled.inductor_options("bookkeeping", "cpu")[key] == 4
+    for bad in ("abc", "0", "-3"):
+        monkeypatch.setenv("SIGNIFY_REALIZE_THRESHOLD", bad)
+        with pytest.raises(ValueError, match="SIGNIFY_REALIZE_THRESHOLD"):
+            compiled.inductor_options("segment", "cpu")

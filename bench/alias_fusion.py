@@ -128,7 +128,17 @@ def variants() -> dict[str, tuple[Callable[..., Any], int, bool]]:
     }
 
 
-def compiled_fns(do_compile: bool) -> dict[str, Callable[..., Any]]:
+#: inductor option sets the compiled passes are timed under (``--options``)
+OPTION_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "cdt": {"coordinate_descent_tuning": True},
+    "combo": {"combo_kernels": True},
+}
+
+
+def compiled_fns(
+    do_compile: bool, options: dict[str, Any] | None = None
+) -> dict[str, Callable[..., Any]]:
     fns: dict[str, Callable[..., Any]] = {
         "signum": signum,
         "pre_flat": pre_flat,
@@ -142,7 +152,10 @@ def compiled_fns(do_compile: bool) -> dict[str, Callable[..., Any]]:
         f.__code__ = f.__code__.replace(co_name=f"upd_{mode}")
         fns[f"upd_{mode}"] = f
     if do_compile:
-        fns = {k: torch.compile(v, fullgraph=True, dynamic=True) for k, v in fns.items()}
+        fns = {
+            k: torch.compile(v, fullgraph=True, dynamic=True, options=dict(options or {}))
+            for k, v in fns.items()
+        }
     return fns
 
 
@@ -184,7 +197,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--options",
+        default="default",
+        help=f"comma-separated inductor option sets to time the compiled passes under, of "
+        f"{sorted(OPTION_SETS)} (each compiles every pass again)",
+    )
     args = ap.parse_args()
+    sets = args.options.split(",")
+    for name in sets:
+        if name not in OPTION_SETS:
+            ap.error(f"--options: unknown set {name!r}, choose from {sorted(OPTION_SETS)}")
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     side, count = (2048, 32) if dev.type == "cuda" else (64, 4)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -209,28 +232,22 @@ def main() -> None:
     print(f"copy bandwidth {copy_bw / 1e12:.3f} TB/s on {common.environment(dev).get('gpu', dev)}")
     slices = [slice(i, i + CHUNK) for i in range(0, count, CHUNK)]
     rows = []
-    for name, (fn, bpp, _) in variants().items():
-
-        def step(fn=fn) -> None:  # type: ignore[no-untyped-def]
-            for s in slices:
-                fn(bufs, s)
-
-        for _ in range(3):
-            step()
-        run = step
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step()
-            run = graph.replay
-        t = common.time_ms(run, dev, warmup=5, reps=20, windows=7)["median_ms"]
-        pct = 100 * bpp * n / (t / 1e3) / copy_bw
-        rows.append({"pass": name, "ms": t, "B_param": bpp, "pct_copy": pct})
-        print(json.dumps(rows[-1]), flush=True)
-    print("| pass | ms | B/param | % copy bw |\n|---|---|---|---|")
+    for opt_set in sets:
+        if opt_set != sets[0]:
+            bufs["f"] = compiled_fns(dev.type == "cuda", OPTION_SETS[opt_set])
+        for name, (fn, bpp, comp) in variants().items():
+            if opt_set != sets[0] and not comp:
+                continue  # not compiled: the same under every option set
+            t = _time(fn, bufs, slices, dev)
+            pct = 100 * bpp * n / (t / 1e3) / copy_bw
+            rows.append(
+                {"pass": name, "options": opt_set, "ms": t, "B_param": bpp, "pct_copy": pct}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    print("| pass | options | ms | B/param | % copy bw |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['pass']} | {r['ms']:.3f} | {r['B_param']} | {r['pct_copy']:.1f} |")
+        cells = (r["pass"], r["options"], f"{r['ms']:.3f}", r["B_param"], f"{r['pct_copy']:.1f}")
+        print("| " + " | ".join(str(c) for c in cells) + " |")
     if args.out:
         pathlib.Path(args.out).write_text(
             json.dumps(
@@ -238,6 +255,27 @@ def main() -> None:
                 indent=1,
             )
         )
+
+
+def _time(
+    fn: Callable[..., Any], bufs: dict[str, Any], slices: list[slice], dev: torch.device
+) -> float:
+    """Median ms of one pass over every chunk, replayed as one CUDA graph on a GPU."""
+
+    def step() -> None:
+        for s in slices:
+            fn(bufs, s)
+
+    for _ in range(3):
+        step()
+    run = step
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        run = graph.replay
+    return float(common.time_ms(run, dev, warmup=5, reps=20, windows=7)["median_ms"])
 
 
 if __name__ == "__main__":

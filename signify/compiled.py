@@ -21,6 +21,7 @@ for a bare dynamic size.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import types
 from collections.abc import Callable, Sequence
@@ -76,6 +77,10 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
       in bits from threshold 30 (whose steps equal eager), so it is not the default until
       it is checked against eager there. ``SIGNIFY_REALIZE_THRESHOLD`` overrides both
       elementwise defaults.
+
+    ``SIGNIFY_INDUCTOR`` (a JSON object of inductor options, e.g.
+    ``{"coordinate_descent_tuning": true}``) adds to the elementwise graphs' settings: the
+    benchmarks' switch for trying a setting side by side (docs/performance.md).
     """
     if kind == "bookkeeping":
         return {"realize_opcount_threshold": 4}
@@ -83,7 +88,27 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
     raw = os.environ.get("SIGNIFY_REALIZE_THRESHOLD", default)
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"SIGNIFY_REALIZE_THRESHOLD must be a positive integer, got {raw!r}")
-    return {"realize_opcount_threshold": int(raw)}
+    return {"realize_opcount_threshold": int(raw), **extra_inductor_options()}
+
+
+def extra_inductor_options() -> dict[str, Any]:
+    """The options of ``SIGNIFY_INDUCTOR``, checked against inductor's config names."""
+    raw = os.environ.get("SIGNIFY_INDUCTOR", "").strip()
+    if not raw:
+        return {}
+    try:
+        opts = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"SIGNIFY_INDUCTOR must be a JSON object, got {raw!r} ({e})") from None
+    if not isinstance(opts, dict):
+        raise ValueError(f"SIGNIFY_INDUCTOR must be a JSON object, got {raw!r}")
+    from torch._inductor import config as inductor_config
+
+    known = set(inductor_config.get_config_copy())
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ValueError(f"SIGNIFY_INDUCTOR: unknown inductor option(s) {unknown}")
+    return opts
 
 
 def no_duck_shapes() -> contextlib.AbstractContextManager[Any]:

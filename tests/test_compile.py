@@ -140,3 +140,19 @@ def test_inductor_options_per_graph_kind_and_override(monkeypatch):
         monkeypatch.setenv("SIGNIFY_REALIZE_THRESHOLD", bad)
         with pytest.raises(ValueError, match="SIGNIFY_REALIZE_THRESHOLD"):
             compiled.inductor_options("segment", "cpu")
+
+
+def test_inductor_options_extra_from_environment(monkeypatch):
+    """SIGNIFY_INDUCTOR adds inductor options to the elementwise graphs (not to the
+    bookkeeping graph); bad JSON and unknown option names are errors naming the variable."""
+    from signify import compiled
+
+    monkeypatch.delenv("SIGNIFY_REALIZE_THRESHOLD", raising=False)
+    monkeypatch.setenv("SIGNIFY_INDUCTOR", '{"coordinate_descent_tuning": true}')
+    assert compiled.inductor_options("segment", "cuda")["coordinate_descent_tuning"] is True
+    assert compiled.inductor_options("prepare", "cpu")["realize_opcount_threshold"] == 8
+    assert "coordinate_descent_tuning" not in compiled.inductor_options("bookkeeping", "cuda")
+    for bad, what in (("{nope", "JSON"), ("[1]", "JSON object"), ('{"no_such": 1}', "no_such")):
+        monkeypatch.setenv("SIGNIFY_INDUCTOR", bad)
+        with pytest.raises(ValueError, match=f"SIGNIFY_INDUCTOR.*{what}"):
+            compiled.inductor_options("segment", "cuda")

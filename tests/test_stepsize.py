@@ -353,11 +353,12 @@ def test_lowmem_state_is_one_bit_and_loads():
 
 
 @pytest.mark.parametrize("cls", [Alias, AliasLowMem])
-def test_move_unit_equals_measure_for_a_sign_direction(cls):
+@pytest.mark.parametrize("move", ["unit", "auto"])
+def test_move_unit_equals_measure_for_a_sign_direction(cls, move):
     pb = Problem()
     a, b = pb.params(), pb.params()
-    oa = sgd(stepsize=cls())(a, momentum=0.9)
-    ob = sgd(stepsize=cls(move="unit"))(b, momentum=0.9)
+    oa = sgd(stepsize=cls(move="measure"))(a, momentum=0.9)
+    ob = sgd(stepsize=cls(move=move))(b, momentum=0.9)
     for _ in range(10):
         feed(pb, a, oa)
         oa.step()
@@ -365,6 +366,42 @@ def test_move_unit_equals_measure_for_a_sign_direction(cls):
         ob.step()
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "cls, kw, scope, unit",
+    [
+        (Alias, {}, "global", True),
+        (Alias, {}, "group", True),
+        (Alias, {}, "tensor", False),  # a tensor with a zero gradient has not moved
+        (Alias, {"stochastic": True}, "tensor", True),
+        (Alias, {"sign": False}, "global", False),  # any direction: measured
+        (AliasLowMem, {}, "global", False),  # an l1 move counts the sign's zeros
+        (AliasLowMem, {"stochastic": True}, "global", True),
+    ],
+)
+def test_move_auto_takes_the_step_as_known_only_where_exact(cls, kw, scope, unit):
+    params = [torch.randn(6, requires_grad=True)]
+    opt = sgd(stepsize=cls(scope=scope), **kw)(params)
+    assert opt.chain[-2]._unit is unit
+
+
+def test_move_auto_measures_a_tensor_that_did_not_move():
+    """Per-tensor scope, one tensor's gradient 0 everywhere (so it did not move): "auto"
+    measures its move (0) as "measure" does, where "unit" would take a full step and feed
+    the next step's l1 / move into that tensor's eta."""
+    runs = {}
+    for move in ("auto", "measure", "unit"):
+        torch.manual_seed(0)
+        params = [torch.randn(8, requires_grad=True), torch.randn(5, requires_grad=True)]
+        opt = sgd(stepsize=Alias(scope="tensor", move=move))(params)
+        for step in range(3):
+            params[0].grad = torch.randn(8)
+            params[1].grad = torch.zeros(5) if step == 0 else torch.randn(5)
+            opt.step()
+        runs[move] = opt.shared_state(torch.device("cpu"))["alias"]["eta"].clone()
+    assert torch.equal(runs["auto"], runs["measure"])
+    assert runs["unit"][1] > runs["measure"][1]
 
 
 def test_one_instance_serves_several_optimizers_and_deepcopies():

@@ -166,6 +166,10 @@ class Transform:
     ``counters``: per-parameter state keys incremented by one before each applied step.
     ``state_prefix``: prefix of its per-parameter state keys (adapters use the base's own
     names, with no prefix, so torch.optim checkpoints load unchanged).
+    ``direction_values``: what a transform that writes ``direction`` puts in it, when it
+    can say: ``"sign"`` (every entry -1, 0 or 1) or ``"pm1"`` (every entry -1 or 1, 0 only
+    where its input is exactly 0); ``None``: any value. Stepsize oracles read it to know the
+    size of a step without measuring it.
     """
 
     name: ClassVar[str] = "transform"
@@ -173,6 +177,7 @@ class Transform:
     writes: frozenset[str] = frozenset()
     hyper_defaults: ClassVar[dict[str, Any]] = {}
     counters: tuple[str, ...] = ()
+    direction_values: ClassVar[str | None] = None
     #: True when the transform needs the whole step's reductions (``prepare``) first.
     has_prepare: ClassVar[bool] = False
     #: True when the transform splits the elementwise pass around a collective.

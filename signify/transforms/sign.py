@@ -45,6 +45,7 @@ class Sign(Transform):
     name = "sign"
     reads = frozenset({"num"})
     writes = frozenset({"direction"})
+    direction_values = "sign"
 
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         num = _need(u, "num", "Sign")
@@ -59,6 +60,7 @@ class StochasticSign(Transform):
     name = "stochastic_sign"
     reads = frozenset({"num", "scale"})
     writes = frozenset({"direction"})
+    direction_values = "pm1"
 
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         num = _need(u, "num", "StochasticSign")

@@ -100,14 +100,15 @@ class _AliasBase(StepsizeOracle):
         f_lower: float | None = None,
         f0: float | None = None,
         scope: str = "global",
-        move: str = "measure",
+        move: str = "auto",
         reduce: str = "auto",
         process_group: Any = None,
     ) -> None:
         super().__init__(scope, reduce, process_group)
-        if move not in ("measure", "unit"):
-            raise ValueError(f"move must be 'measure' or 'unit', got {move!r}")
+        if move not in ("auto", "measure", "unit"):
+            raise ValueError(f"move must be 'auto', 'measure' or 'unit', got {move!r}")
         self.move = move
+        self._unit = move == "unit"  # "auto" is resolved against the chain in `bind`
         self.d_0 = check_number("d_0", d_0, low=0.0, strict=True)
         self.eta_0 = check_number("eta_0", eta_0, low=0.0)
         self.gamma_0 = check_number("gamma_0", gamma_0, low=0.0, strict=True)
@@ -125,6 +126,22 @@ class _AliasBase(StepsizeOracle):
     @property
     def option(self) -> int:
         return 1 if self.f_lower is None else 2
+
+    def bind(self, opt: SignifiedOptimizer) -> None:
+        super().bind(opt)
+        if self.move == "auto":
+            values = None  # what the last direction written before this transform holds
+            for t in opt.chain:
+                if t is self:
+                    break
+                if "direction" in t.writes:
+                    values = t.direction_values
+            self._unit = self.unit_exact(values)
+
+    def unit_exact(self, values: str | None) -> bool:
+        """Whether ``move="auto"`` may take the size of a step as known for a direction
+        whose entries are ``values`` (`Transform.direction_values`)."""
+        return False
 
     def slot_init(self) -> dict[str, float]:
         return {"gamma": self.gamma_0, "eta": self.eta_0, "d": self.d_0, "dtilde": 0.0}
@@ -204,10 +221,15 @@ class Alias(_AliasBase):
             LLM script); ``None`` (default) for none.
         f_lower, f0: option II's lower bound and (optionally) the loss at ``x_0``.
         scope: ``"global"`` (the paper's), ``"group"`` or ``"tensor"``.
-        move: how the size of a step is known: ``"measure"`` (default) reduces
-            ``max |d + decay x|`` in the update pass, exact for any direction; ``"unit"``
-            takes ``max |d| = 1`` when there is no decay (exact for a sign direction unless
-            a whole tensor's direction is 0), which spares the update pass a reduction.
+        move: how the size of a step ``||x_t - x_{t-1}||_inf`` is known: ``"measure"``
+            reduces ``max |d + decay x|`` in the update pass, exact for any direction;
+            ``"unit"`` takes ``max |d| = 1`` when there is no decay, which spares the update
+            pass a reduction (exact for a sign direction unless every entry of it is 0);
+            ``"auto"`` (default) is ``"unit"`` for the stochastic sign, and for the sign
+            (and the vote) at ``"global"`` or ``"group"`` scope, where a direction that is 0
+            everywhere (every gradient entry exactly 0) is the only case it gets wrong, and
+            ``"measure"`` otherwise (``"tensor"`` scope with the sign: a tensor whose
+            gradient is 0 everywhere, such as a frozen or unused one, has not moved).
         reduce: across ranks, ``"mean"`` (data parallel, replicated parameters; the default
             when a process group is up), ``"sum"`` (each rank holds a shard of the
             parameters), ``"none"``.
@@ -219,6 +241,9 @@ class Alias(_AliasBase):
     name = "alias"
     sum_rows = ("l1", "dot", "has")
     max_rows = ("dx",)
+
+    def unit_exact(self, values: str | None) -> bool:
+        return values == "pm1" or (values == "sign" and self.scope != "tensor")
 
     def init(self, params: Sequence[Tensor], group: Mapping[str, Any]) -> State:
         return {
@@ -251,7 +276,7 @@ class Alias(_AliasBase):
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         direction = _check_direction(u, "Alias")
         eff = self.scale_lr(u, self.gamma_of(ctx, state, len(u.params)))
-        unit = self.move == "unit" and u.decay is None
+        unit = self._unit and u.decay is None
         for i, (p, d) in enumerate(zip(u.params, direction)):
             move = d if u.decay is None else d + u.decay * up(p)
             if unit:
@@ -273,7 +298,8 @@ class AliasLowMem(_AliasBase):
         B_t = max(max g_t - min g_{t-1}, max g_{t-1} - min g_t) >= ||g_t - g_{t-1}||_inf
 
     (max/min over the slot's tensors). ``||x_t - x_{t-1}||_1`` is measured when the step is
-    applied (``move="unit"``: ``gamma * lr * numel``, every entry moving). Option I's
+    applied (``move="unit"``: ``gamma * lr * numel``, every entry moving; ``"auto"`` takes
+    it for the stochastic sign only, whose entries are never 0). Option I's
     ``<g_t, sign(g_{t-1})>`` reads the stored bits; one bit cannot hold
     ``sign(0) = 0``, so a zero gradient entry is stored as negative.
 
@@ -297,6 +323,9 @@ class AliasLowMem(_AliasBase):
             "dx": [_scalar_state(p) for p in params],
             "n": [_scalar_state(p) for p in params],
         }
+
+    def unit_exact(self, values: str | None) -> bool:
+        return values == "pm1"  # an l1 move counts every entry: the sign has zeros
 
     def plan(self, params: Sequence[Tensor], group_index: int) -> State:
         out = super().plan(params, group_index)
@@ -341,7 +370,7 @@ class AliasLowMem(_AliasBase):
     def update(self, u: Update, state: State, ctx: StepContext) -> tuple[Update, State]:
         direction = _check_direction(u, "AliasLowMem")
         eff = self.scale_lr(u, self.gamma_of(ctx, state, len(u.params)))
-        unit = self.move == "unit" and u.decay is None
+        unit = self._unit and u.decay is None
         for i, (p, d) in enumerate(zip(u.params, direction)):
             move = d if u.decay is None else d + u.decay * up(p)
             dx1 = eff[i] * p.numel() if unit else eff[i] * move.abs().sum()

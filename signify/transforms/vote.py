@@ -58,6 +58,7 @@ class MajorityVote(Transform):
     name = "vote"
     reads = frozenset({"direction"})
     writes = frozenset({"direction"})
+    direction_values = "sign"
     is_barrier = True
 
     def __init__(self, group: Any = None, *, zeros: str = "dither", layout: str = "auto") -> None:

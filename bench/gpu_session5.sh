@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One GPU, fifth session. Part A (exploration): ALIAS pass formulations under three inductor
-# option sets (bench/alias_fusion.py), ALIAS with move="auto" against "measure" and Signum,
-# end-to-end, with inductor's defaults and with coordinate-descent tuning; the compiled step
-# table at 134M with both; the two statistical CUDA tests. Each part time-boxed and skipped
-# when the call's TOTAL_S (default 540 s) would not cover it; results packed after every part.
+# One GPU, fifth session. PARTS=a: the step table (134M fp32/bf16, LLaMA-350M shapes) with
+# flatten=True beside the per-tensor layout, the cold/warm compile of a flat step, ALIAS with
+# move="auto" against "measure" and Signum, ALIAS pass formulations under inductor's defaults
+# and coordinate-descent tuning. PARTS=b: coordinate-descent tuning end to end, the CUDA
+# tests, compiled-vs-eager per inlining threshold, the vote on one rank. Each part
+# time-boxed and skipped when the call's TOTAL_S (default 540 s) would not cover it; results
+# packed after every part.
 # Usage (GPU machine, repo root):  OUT=/some/dir PARTS=a bash bench/gpu_session5.sh  (-> session5.tgz)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/signify-inductor}
@@ -23,20 +25,27 @@ part() {  # part NAME SECONDS command...: run if it fits, time-boxed
 }
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$OUT/gpu.txt" 2>&1
-STEP_ROWS="Signum,SignAdam stochastic,SignAdam stochastic [nonfinite=ignore],StoSignSGD,torch AdamW fused"
+R134="torch AdamW fused,Signum,Signum [flatten],StoSignSGD,StoSignSGD [flatten],SignAdam stochastic,SignAdam stochastic [flatten],SignAdam stochastic [nonfinite=ignore],SignAdam stochastic [flatten, nonfinite=ignore],SignAdam deterministic,SignAdam deterministic [flatten]"
+R350="torch AdamW fused,Signum,Signum [flatten],SignAdam stochastic,SignAdam stochastic [flatten],SignAdam stochastic [nonfinite=ignore],SignAdam stochastic [flatten, nonfinite=ignore]"
+NOX="--no-variants --no-rng"
 case "${PARTS:-a}" in
 a)
-  part alias_fusion 170 python3 bench/alias_fusion.py --options default,cdt,combo --out "$OUT/alias_fusion.json"
-  part stepsize 90 python3 bench/stepsize.py --cases signum alias 'alias,measure' 'alias(beta)' --out "$OUT/ss_default"
+  part step134 170 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "$R134" $NOX --no-cold --out "$OUT/step134.json"
+  part step350 170 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "$R350" $NOX --no-check --cold-row "SignAdam stochastic [flatten]" --out "$OUT/step350.json"
+  part stepsize 80 python3 bench/stepsize.py --cases signum alias 'alias,measure' 'alias(beta)' --out "$OUT/ss_default"
+  part alias_fusion 120 python3 bench/alias_fusion.py --options default,cdt --out "$OUT/alias_fusion.json"
+  ;;
+b)
+  part step_cdt 150 env SIGNIFY_INDUCTOR="$CDT" python3 bench/step.py --workloads 134m,350m --dtypes fp32 --rows "Signum [flatten],SignAdam stochastic [flatten],SignAdam stochastic [flatten, nonfinite=ignore]" $NOX --no-check --no-cold --out "$OUT/step_cdt.json"
   part stepsize_cdt 90 env SIGNIFY_INDUCTOR="$CDT" python3 bench/stepsize.py --cases signum alias 'alias(beta)' --no-check --out "$OUT/ss_cdt"
-  part step_cdt 100 env SIGNIFY_INDUCTOR="$CDT" python3 bench/step.py --workloads 134m --dtypes fp32 --rows "$STEP_ROWS" --no-variants --no-rng --no-check --no-cold --out "$OUT/step_cdt.json"
-  part step_default 80 python3 bench/step.py --workloads 134m --dtypes fp32 --rows "$STEP_ROWS" --no-variants --no-rng --no-check --no-cold --out "$OUT/step_default.json"
-  part test_cuda 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "unbiased"
+  part test_cuda 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  part realize_check 70 python3 bench/realize_check.py fp32 bf16
+  part vote_w1 90 python3 -m torch.distributed.run --standalone --nproc_per_node=1 bench/vote.py --skip-gpt --out "$OUT"
   ;;
 esac
 cat "$OUT/parts.txt"; head -3 "$OUT/gpu.txt"
-grep -A30 "^| pass" "$OUT/alias_fusion.log" | head -32
-for f in stepsize stepsize_cdt; do echo "== $f"; grep -A7 "^| case" "$OUT/$f.log" | head -7; done
-for f in step_cdt step_default; do echo "== $f"; grep '"ms"' "$OUT/$f.log" | cut -c1-200; done
-tail -n 3 "$OUT/test_cuda.log"
+for f in step134 step350 step_cdt; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E '^\| |^compile|^copy' "$OUT/$f.log" | cut -c1-170; }; done
+for f in stepsize stepsize_cdt; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -A8 "^| case" "$OUT/$f.log" | head -8; }; done
+[ -f "$OUT/alias_fusion.log" ] && grep -A24 "^| pass" "$OUT/alias_fusion.log"
+for f in test_cuda realize_check vote_w1; do [ -f "$OUT/$f.log" ] && { echo "== $f"; tail -n 4 "$OUT/$f.log"; }; done
 tar czf "$DEST/session5.tgz" -C "$OUT" .

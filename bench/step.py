@@ -46,6 +46,9 @@ BF16_ROWS = (
     "StoSignSGD",
     "SignAdam stochastic",
     "SignAdam deterministic",
+    "Signum [flatten]",
+    "StoSignSGD [flatten]",
+    "SignAdam stochastic [flatten]",
 )
 
 
@@ -95,6 +98,16 @@ def rows() -> dict[str, Callable[..., Any]]:
         "SignSGD momentum": _signify_row(S(torch.optim.SGD), momentum=0.9),
         "SignRMSprop stochastic": _signify_row(S(torch.optim.RMSprop, stochastic=True)),
         "SignAdagrad stochastic": _signify_row(S(torch.optim.Adagrad, stochastic=True)),
+        # flatten=True: one buffer per bucket, one kernel per pass (signify/flat.py)
+        "Signum [flatten]": _signify_row(signify.Signum, momentum=0.9, flatten=True),
+        "StoSignSGD [flatten]": _signify_row(signify.StoSignSGD, flatten=True),
+        "SignAdam stochastic [flatten]": _signify_row(
+            S(torch.optim.Adam, stochastic=True), flatten=True
+        ),
+        "SignAdam stochastic [flatten, nonfinite=ignore]": _signify_row(
+            S(torch.optim.Adam, stochastic=True, nonfinite="ignore"), flatten=True
+        ),
+        "SignAdam deterministic [flatten]": _signify_row(S(torch.optim.Adam), flatten=True),
     }
     return out
 
@@ -248,6 +261,18 @@ def check(device: torch.device, steps: int = 6) -> list[dict[str, Any]]:
             {},
             torch.float32,
         ),
+        (
+            "SignAdam stochastic flatten",
+            S(torch.optim.Adam, stochastic=True),
+            {"flatten": True},
+            torch.float32,
+        ),
+        (
+            "SignAdam stochastic flatten bf16",
+            S(torch.optim.Adam, stochastic=True),
+            {"flatten": True},
+            torch.bfloat16,
+        ),
     ]
     shapes = [(256, 64), (64,), (3, 7), (1024,), (96, 32)]
     out = []
@@ -337,6 +362,9 @@ def main() -> None:
     ap.add_argument(
         "--cold-chunks", default=None, help="chunk sizes of the cold/warm probe (default: --chunk)"
     )
+    ap.add_argument(
+        "--cold-row", default="SignAdam stochastic", help="row of the cold/warm compile probe"
+    )
     ap.add_argument("--no-variants", action="store_true", help="skip layout/check/combo rows")
     ap.add_argument("--no-rng", action="store_true", help="skip the noise micro-benchmark")
     ap.add_argument("--no-check", action="store_true", help="skip compiled-vs-eager checks")
@@ -409,7 +437,7 @@ def main() -> None:
         extra["compile"] = []
         for c in (args.cold_chunks or str(args.chunk)).split(","):
             args.chunk = int(c)
-            extra["compile"].append(cold_warm(args, big, "SignAdam stochastic"))
+            extra["compile"].append(cold_warm(args, big, args.cold_row))
             print(json.dumps(extra["compile"][-1]), flush=True)
     if not args.no_rng:
         from bench import step_rng

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from . import compiled, rng, sharding
+from .flat import FlatBucket, flat_blockers, home
 from .planning import (
     Bucket,
     Chunk,
@@ -81,12 +82,24 @@ class Executor:
         compile: bool,
         chunk: int,
         nonfinite: str,
+        flatten: bool = False,
     ) -> None:
         self.opt = opt
         self.chain = list(chain)
         self.compile = compile
         self.chunk = chunk
         self.nonfinite = nonfinite
+        #: ``flatten=True``: buckets re-homed into one buffer each (`signify.flat`)
+        self.flatten = flatten
+        if flatten:
+            blockers = flat_blockers(self.chain)
+            if blockers:
+                raise ValueError(
+                    "flatten=True needs a chain of elementwise transforms; "
+                    f"{', '.join(blockers)} look(s) across tensors or hook(s) into the step"
+                )
+        self._homes: dict[tuple[Any, ...], FlatBucket] = {}
+        self._warned_flat = False
         #: "rows" or "flat" (module docstring), from SIGNIFY_LAYOUT; rows when compiling
         self.layout = compiled.env_option(
             "SIGNIFY_LAYOUT", "rows" if compile else "flat", compiled.LAYOUTS
@@ -143,11 +156,14 @@ class Executor:
         self._warned_moved = False
 
     # ------------------------------------------------------------------ planning
-    def invalidate(self) -> None:
-        """Forget the cached plan (state was created, dropped, moved or loaded)."""
+    def invalidate(self, forget_homes: bool = False) -> None:
+        """Forget the cached plan (state was created, dropped, moved or loaded), and with
+        ``forget_homes`` the flat buckets too (`signify.flat.unflatten`)."""
         self._plan = None
         self._plan_key_ = None
         self._graph = None
+        if forget_homes:
+            self._homes.clear()
 
     def static(self, group: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
         """The compile-time settings of a group: `freeze_static`, plus what transforms with
@@ -202,6 +218,8 @@ class Executor:
         groups = opt.param_groups
         return (
             tuple((tuple(map(id, ps)), self.static(g)) for ps, g in zip(active, groups)),
+            # a parameter whose .data was replaced (model.to(...)): the plan's aliases are stale
+            tuple(local(p).data_ptr() for ps in active for p in ps),
             id(opt.state),
             len(opt.state),
         )
@@ -220,12 +238,16 @@ class Executor:
             for p in ps:
                 kind = (p.device, p.dtype, p.grad.dtype if p.grad is not None else None)
                 by_kind.setdefault(kind, []).append(p)
-            for (device, _, _), bps in by_kind.items():
+            for (device, dtype, _), bps in by_kind.items():
                 if device not in plan.devices:
                     plan.devices.append(device)
-                plan.buckets.append(
-                    self._bucket(gi, group, bps, key_lists, static, device, position)
-                )
+                fb = self._flat(gi, group, device, dtype, bps) if self.flatten else None
+                if fb is not None:
+                    plan.flats.append(fb)
+                    bucket = self._flat_bucket(gi, group, fb, key_lists, static, position)
+                else:
+                    bucket = self._bucket(gi, group, bps, key_lists, static, device, position)
+                plan.buckets.append(bucket)
                 for t in self.chain:
                     for name in t.counters:
                         plan.counters.extend(opt.state[p][t.state_prefix + name] for p in bps)
@@ -233,6 +255,91 @@ class Executor:
                     plan.grad_params.extend(chunk.params)
                     plan.counters.extend(chunk.pad_counters)
         return plan
+
+    def _flat(
+        self, gi: int, group: dict[str, Any], device: torch.device, dtype: Any, bps: list[Tensor]
+    ) -> FlatBucket | None:
+        """The flat bucket of these parameters, re-homed if needed; None when this step must
+        run per tensor (a parameter of the bucket has no gradient, step counters disagree,
+        per-tensor scalar state, sharded parameters)."""
+        if self.shard_group is not None:
+            return None
+        members = [p for p in group["params"] if p.device == device and p.dtype == dtype]
+        if list(map(id, members)) != list(map(id, bps)) or not members:
+            return None
+        opt = self.opt
+        keys: list[str] = []  # per-element state, re-homed into the bucket's buffers
+        scalars: list[str] = []  # per-tensor scalars (counters, NAdam's mu_product)
+        mirrored: list[str] = []  # the scalars no counter update reaches: copied after a step
+        for t in self.chain:
+            for k in self._state_keys(t, group):
+                full = t.state_prefix + k
+                vals = [opt.state[p][full] for p in members]
+                if k in t.counters:
+                    scalars.append(full)
+                elif all(v.shape == p.shape for v, p in zip(vals, members)):
+                    keys.append(full)
+                elif all(v.numel() == 1 for v in vals):
+                    scalars.append(full)
+                    mirrored.append(full)
+                else:
+                    if not self._warned_flat:
+                        self._warned_flat = True
+                        warnings.warn(
+                            f"signify: flatten=True, but the state {full!r} is neither per "
+                            "element nor a scalar: stepping per tensor",
+                            stacklevel=4,
+                        )
+                    return None
+        for k in scalars:  # the first parameter's scalar serves the bucket: must agree (sync)
+            vals_ = torch.stack([opt.state[p][k].reshape(()).double() for p in members])
+            if not bool((vals_ == vals_[0]).all()):
+                return None
+        hkey = (gi, device, dtype)
+        fb = self._homes.get(hkey)
+        if fb is None or list(map(id, fb.params)) != list(map(id, members)) or not fb.homed():
+            fb = self._homes[hkey] = home(members)
+        fb.bind_state(opt, keys)
+        fb.mirrors = [
+            (
+                [opt.state[p][k] for p in members[1:]],
+                [opt.state[members[0]][k]] * (len(members) - 1),
+            )
+            for k in mirrored
+            if len(members) > 1
+        ]
+        return fb
+
+    def _flat_bucket(
+        self,
+        gi: int,
+        group: dict[str, Any],
+        fb: FlatBucket,
+        key_lists: list[tuple[str, ...]],
+        static: tuple[tuple[str, Any], ...],
+        position: dict[Tensor, int],
+    ) -> Bucket:
+        """A bucket of one chunk holding one tensor: the whole flat buffer."""
+        opt, first = self.opt, fb.params[0]
+        states: list[State] = []
+        for t, keys in zip(self.chain, key_lists):
+            st: State = {}
+            for k in keys:
+                full = t.state_prefix + k
+                view = fb.state_views.get(full)
+                st[k] = [view if view is not None else alias(opt.state[first][full])]
+            states.append(st)
+        device = fb.p.device
+        tensor_keys = torch.tensor(
+            [rng.tensor_key(position[first], 0)], dtype=torch.int64, device=device
+        )
+        step_keys = torch.zeros_like(tensor_keys, dtype=torch.int32)
+        rows = self.layout == "rows"
+        chunk = Chunk(
+            gi, list(fb.params), [], [fb.p_view], [], [], states, step_keys, static, device, rows
+        )
+        chunk.flat = fb
+        return Bucket(device, tensor_keys, step_keys, [chunk])
 
     def _bucket(
         self,
@@ -350,6 +457,8 @@ class Executor:
         if self.nonfinite == "raise":
             self._raise_if_nonfinite(active)  # before anything (state included) changes
         key = self._plan_key(active)
+        if self._plan is not None and not all(fb.homed() for fb in self._plan.flats):
+            self._plan = None  # a parameter's .data was replaced: re-home its bucket
         if self._plan is None or key != self._plan_key_:
             self._ensure_state(active)  # before the hooks: the run-and-read path fills it
         for t in self._hooks["before_step"]:
@@ -363,6 +472,8 @@ class Executor:
             self.shard_group = sharding.shard_group(opt.all_params())
             self._graph = None
         plan = self._plan
+        for fb in plan.flats:
+            fb.bind_grads()  # gradients allocated anew are copied in (before the signature)
         hypers = {
             (c.group_index, c.device): self.hyper.get(
                 c.group_index, opt.param_groups[c.group_index], c.device
@@ -467,7 +578,10 @@ class Executor:
         }
         per_chunk = []
         for c in plan.chunks():
-            grads = [alias(local(p.grad), o) for p, o in zip(c.params, c.orders)]  # type: ignore[arg-type]
+            if c.flat is not None:
+                grads = [c.flat.g_view]
+            else:
+                grads = [alias(local(p.grad), o) for p, o in zip(c.params, c.orders)]  # type: ignore[arg-type]
             per_chunk.append((c, grads + c.pad_grads, hypers[(c.group_index, c.device)]))
 
         with compiled.no_duck_shapes():
@@ -477,7 +591,9 @@ class Executor:
             mode: str | None = None
             if check and not self.has_prepare and self.finite_check == "foreach":
                 mode = "foreach"
-                grads_ = [local(p.grad) for p in plan.grad_params if p.grad is not None]
+                grads_ = [
+                    g for c, grads, _ in per_chunk for g in grads[: len(c.views) - len(c.pad_grads)]
+                ]
                 bad = _max_abs(grads_, device)
             elif check or self.has_prepare:
                 mode = "graph" if check else None
@@ -521,6 +637,9 @@ class Executor:
                     run(c.views, grads, c.states, hyper, c.keys, ok, shared_tensors)
                 if s + 1 < len(self.segments):
                     self.chain[self.segments[s][1] - 1].exchange(opt)
+            for fb in plan.flats:  # scalars that only the bucket's first tensor carried
+                for dst, src in fb.mirrors:
+                    torch._foreach_copy_(dst, src)
         return ok
 
     def _bookkeeping(

@@ -34,7 +34,7 @@ from .transforms.sign import NoSign, Sign, StochasticSign
 SCHEMA_VERSION = 1
 _NONFINITE = ("skip", "raise", "ignore")
 #: Options that an instance may override at construction (they do not change the chain).
-RUNTIME_OPTIONS = ("seed", "compile", "compile_chunk", "state_dtype", "nonfinite")
+RUNTIME_OPTIONS = ("seed", "compile", "compile_chunk", "state_dtype", "nonfinite", "flatten")
 CHECKED_OPTIONS = ("sign", "stochastic", "scale_beta", *RUNTIME_OPTIONS)
 _STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -51,6 +51,7 @@ class Options:
     scale_beta: float = 1.0
     state_dtype: torch.dtype | None = None
     nonfinite: str = "skip"
+    flatten: bool = False
     transforms: tuple[Transform, ...] | None = None
     blocks: Any = None
     stepsize: Any = None
@@ -160,9 +161,11 @@ class SignifiedOptimizer(torch.optim.Optimizer):
         compile_ = self.options.compile
         if compile_ is None:
             compile_ = _compile_by_default(self.all_params())
-        self._executor = Executor(
-            self, self._chain, compile_, self.options.compile_chunk, self.options.nonfinite
-        )
+        self._executor = self._make_executor(compile_)
+
+    def _make_executor(self, compile_: bool) -> Executor:
+        o = self.options
+        return Executor(self, self._chain, compile_, o.compile_chunk, o.nonfinite, o.flatten)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -334,9 +337,7 @@ class SignifiedOptimizer(torch.optim.Optimizer):
         compile_ = state.pop("_compile", False)
         super().__setstate__(state)
         if "_chain" in state:
-            self._executor = Executor(
-                self, self._chain, compile_, self.options.compile_chunk, self.options.nonfinite
-            )
+            self._executor = self._make_executor(compile_)
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -572,6 +573,7 @@ def signify(
     scale_beta: float = 1.0,
     state_dtype: torch.dtype | None = None,
     nonfinite: str = "skip",
+    flatten: bool = False,
     blocks: Any = None,
     stepsize: Any = None,
     vote: Any = None,
@@ -593,6 +595,9 @@ def signify(
         state_dtype: dtype of floating state buffers (``None``: the parameter's dtype).
         nonfinite: ``"skip"`` a step whose gradients hold NaN/Inf (default), ``"raise"``
             (costs a host sync) or ``"ignore"``.
+        flatten: keep each param group's parameters (per device and dtype), gradients and
+            moments in one buffer, so that a step is one kernel per pass (`signify.flat`:
+            the parameters become views of it; elementwise chains only).
         blocks: block-coordinate updates, e.g. ``"depth"`` (ABSignSGD) or a `Blocks`.
         stepsize: a parameter-free stepsize, e.g. ``"alias"`` or a stepsize transform.
         vote: ``"majority"``, a ``ProcessGroup`` or a `MajorityVote`: 1-bit majority vote.
@@ -611,6 +616,7 @@ def signify(
         scale_beta=scale_beta,
         state_dtype=state_dtype,
         nonfinite=nonfinite,
+        flatten=flatten,
     )
     chain: tuple[Transform, ...] | None = None
     if transforms is not None:
@@ -642,6 +648,7 @@ def signify(
         scale_beta=float(scale_beta),
         state_dtype=state_dtype,
         nonfinite=nonfinite,
+        flatten=flatten,
         transforms=chain,
         blocks=blocks,
         stepsize=stepsize,
@@ -660,7 +667,16 @@ def signify(
 def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[SignifiedOptimizer]:
     if issubclass(base, SignifiedOptimizer):
         raise TypeError(f"{base.__name__} is already signified")
-    build_chain(adapter_for(base), options)  # a malformed chain fails here, not at first use
+    chain = build_chain(adapter_for(base), options)  # a malformed chain fails here
+    if options.flatten:
+        from .flat import flat_blockers
+
+        blockers = flat_blockers(chain)
+        if blockers:
+            raise ValueError(
+                "flatten=True needs a chain of elementwise transforms; "
+                f"{', '.join(blockers)} look(s) across tensors or hook(s) into the step"
+            )
     prefix = "Sign" if options.sign else "Signified"
     name = prefix + base.__name__
     base_params = _base_hyperparameters(base)
@@ -705,8 +721,10 @@ def check_options(
     scale_beta: Any,
     state_dtype: Any,
     nonfinite: Any,
+    flatten: Any = False,
 ) -> None:
     """Validate `signify`'s options (TypeError for a wrong type, ValueError for a bad value)."""
+    validation.check_bool("flatten", flatten)
     validation.check_bool("sign", sign)
     validation.check_bool("stochastic", stochastic)
     if stochastic and not sign:

@@ -86,6 +86,7 @@ class Chunk:
     static: tuple[tuple[str, Any], ...]
     device: torch.device
     rows: bool  # every size is a multiple of ROW (the graph may tell the compiler so)
+    flat: Any = None  # the `signify.flat.FlatBucket` whose buffer is this chunk's one tensor
 
 
 @dataclasses.dataclass
@@ -102,6 +103,7 @@ class Plan:
     counters: list[Tensor]  # per-parameter counters (e.g. "step"), padding's included
     devices: list[torch.device]
     grad_params: list[Tensor]  # every real parameter, in chunk order
+    flats: list[Any] = dataclasses.field(default_factory=list)  # flat buckets (`signify.flat`)
 
     def chunks(self) -> list[Chunk]:
         return [c for b in self.buckets for c in b.chunks]

@@ -175,3 +175,18 @@ def test_hint_when_gradients_move_every_step(monkeypatch):
             p.grad = keep[-1]
             opt.step()
     assert sum("set_to_none=False" in str(w.message) for w in record) == 1
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_replaced_parameter_data_keeps_being_stepped(flatten):
+    """``p.data = ...`` between steps (what ``model.to(...)`` does) must not leave the step
+    writing into the old memory: the plan is rebuilt."""
+    w = torch.nn.Parameter(torch.randn(5))
+    v = torch.nn.Parameter(torch.randn(3))
+    opt = signify.Signum([w, v], lr=0.1, momentum=0.0, flatten=flatten)
+    w.grad, v.grad = torch.ones(5), torch.ones(3)
+    opt.step()
+    w.data = w.data.clone()
+    before = w.detach().clone()
+    opt.step()
+    torch.testing.assert_close(w.detach(), before - 0.1)

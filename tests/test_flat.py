@@ -6,6 +6,7 @@ no host sync in steady state, and clear errors."""
 from __future__ import annotations
 
 import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,7 +138,7 @@ def test_replaced_parameter_data_is_rehomed():
 
     cls = signify.signify(torch.optim.AdamW)
     ref, _ = _train(cls, {"weight_decay": 0.1}, True)
-    got, opt = _train(cls, {"weight_decay": 0.1}, True, every=replace)
+    got, _ = _train(cls, {"weight_decay": 0.1}, True, every=replace)
     _same(ref, got)
     ps = list(got.parameters())
     assert len({p.untyped_storage().data_ptr() for p in ps}) == 1

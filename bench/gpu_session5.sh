@@ -32,12 +32,12 @@ case "${PARTS:-a}" in
 a)
   part step134 170 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "$R134" $NOX --no-cold --out "$OUT/step134.json"
   part step350 170 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "$R350" $NOX --no-check --cold-row "SignAdam stochastic [flatten]" --out "$OUT/step350.json"
-  part stepsize 80 python3 bench/stepsize.py --cases signum alias 'alias,measure' 'alias(beta)' --out "$OUT/ss_default"
+  part stepsize 110 python3 bench/stepsize.py --cases signum alias 'alias,measure' 'alias(beta)' signum,flat alias,flat 'alias(beta),flat' --out "$OUT/ss_default"
   part alias_fusion 120 python3 bench/alias_fusion.py --options default,cdt --out "$OUT/alias_fusion.json"
   ;;
 b)
   part step_cdt 150 env SIGNIFY_INDUCTOR="$CDT" python3 bench/step.py --workloads 134m,350m --dtypes fp32 --rows "Signum [flatten],SignAdam stochastic [flatten],SignAdam stochastic [flatten, nonfinite=ignore]" $NOX --no-check --no-cold --out "$OUT/step_cdt.json"
-  part stepsize_cdt 90 env SIGNIFY_INDUCTOR="$CDT" python3 bench/stepsize.py --cases signum alias 'alias(beta)' --no-check --out "$OUT/ss_cdt"
+  part stepsize_cdt 90 env SIGNIFY_INDUCTOR="$CDT" python3 bench/stepsize.py --cases signum,flat alias,flat 'alias(beta),flat' --no-check --out "$OUT/ss_cdt"
   part test_cuda 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
   part realize_check 70 python3 bench/realize_check.py fp32 bf16
   part vote_w1 90 python3 -m torch.distributed.run --standalone --nproc_per_node=1 bench/vote.py --skip-gpt --out "$OUT"

@@ -53,6 +53,14 @@ CASES: dict[str, tuple[str | None, float, str, float]] = {
     "alias(beta),unit": ("alias-unit", 0.9, "signum", 32.0),
     "alias-lowmem(beta),unit": ("alias-lowmem-unit", 0.9, "signum", 24.25),
 }
+# ",flat": the same with flatten=True (one buffer per bucket, signify/flat.py)
+CASES.update(
+    {
+        f"{k},flat": (v[0], v[1], f"{v[2]},flat", v[3])
+        for k, v in CASES.items()
+        if k in ("signsgd", "signum", "alias", "alias(beta)")
+    }
+)
 
 
 def oracle(name: str | None):
@@ -65,6 +73,10 @@ def oracle(name: str | None):
 
     base, move = name.rsplit("-", 1)
     return (AliasLowMem if base == "alias-lowmem" else Alias)(move=move)
+
+
+def _flat(case: str) -> bool:
+    return case.endswith(",flat")
 
 
 def make_params(shapes: list[tuple[int, ...]], device: torch.device) -> list[torch.nn.Parameter]:
@@ -101,7 +113,7 @@ def check(name: str, device: torch.device, steps: int = 8) -> dict[str, Any]:
     for compile_ in (True, False):
         ps = make_params(shapes, device)
         cls = signify.signify(torch.optim.SGD, stepsize=oracle(stepsize), compile=compile_)
-        opt = cls(ps, lr=1.0 if stepsize else 1e-3, momentum=momentum)
+        opt = cls(ps, lr=1.0 if stepsize else 1e-3, momentum=momentum, flatten=_flat(name))
         g = torch.Generator(device=device).manual_seed(1)
         x0 = [p.detach().clone() for p in ps]
         for _ in range(steps):
@@ -137,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cls = signify.signify(
             torch.optim.SGD, stepsize=oracle(stepsize), compile=compile_, nonfinite=args.nonfinite
         )
-        opt = cls(ps, lr=1.0 if stepsize else 1e-3, momentum=momentum)
+        opt = cls(ps, lr=1.0 if stepsize else 1e-3, momentum=momentum, flatten=_flat(name))
         t0 = time.perf_counter()
         opt.step()
         if device.type == "cuda":
@@ -167,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in rows:
         base = by_name.get(CASES[r["case"]][2])
         r["ratio"] = r["ms"] / base["ms"] if base else float("nan")
-        signum = by_name.get("signum")  # the yardstick: a compiled Signum step
+        signum = by_name.get("signum,flat" if _flat(r["case"]) else "signum")  # the yardstick
         r["vs_signum"] = r["ms"] / signum["ms"] if signum else float("nan")
     return {
         "env": environment(device),

@@ -328,6 +328,7 @@ class Executor:
                 full = t.state_prefix + k
                 view = fb.state_views.get(full)
                 st[k] = [view if view is not None else alias(opt.state[first][full])]
+            st.update(t.plan(fb.params, gi))  # stepsize oracles: one slot for the bucket
             states.append(st)
         device = fb.p.device
         tensor_keys = torch.tensor(

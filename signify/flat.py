@@ -47,19 +47,12 @@ if TYPE_CHECKING:
 
 #: buffers are padded to a multiple of this many elements (the compiled "rows" lane)
 ROW = 16
-_HOOKS = ("select", "before_step", "finalize", "exchange", "after_step", "plan", "prepare")
 
 
 def flat_blockers(chain: Sequence[Transform]) -> list[str]:
-    """Names of the transforms of ``chain`` that keep it from running on flat buckets:
-    those that look across tensors or hook into the step on the host."""
-    from .transforms.base import Transform as _T
-
-    out = []
-    for t in chain:
-        if t.is_barrier or any(getattr(type(t), h) is not getattr(_T, h) for h in _HOOKS):
-            out.append(t.name)
-    return out
+    """Names of the transforms of ``chain`` that cannot step flat buckets
+    (`Transform.supports_flat`)."""
+    return [t.name for t in chain if not t.supports_flat()]
 
 
 @dataclasses.dataclass

@@ -10,8 +10,8 @@ Each is a `signify` class with its own signature; weight decay is decoupled, as 
 The momentum starts at ``m_1 = g_1``, torch SGD's convention and StoSignSGD's (Alg. 5);
 Bernstein et al. and MXNet start from ``m_0 = 0``, which differs only in the weight of the first
 gradient in later momenta (a factor ``1 / (1 - beta)`` that decays as ``beta^t``).
-Runtime options (``seed``, ``compile``, ``state_dtype``, ``nonfinite``, ``compile_chunk``) are
-accepted as keywords.
+Runtime options (``seed``, ``compile``, ``state_dtype``, ``nonfinite``, ``compile_chunk``,
+``flatten``) are accepted as keywords.
 """
 
 from __future__ import annotations

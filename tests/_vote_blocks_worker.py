@@ -45,4 +45,5 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         opt.step()
         coords.append(opt.vote_stats["coords"])
     torch.save({"params": [p.detach() for p in params], "coords": coords}, f"{out}/rank{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while another still talks
     dist.destroy_process_group()

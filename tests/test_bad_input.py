@@ -77,6 +77,13 @@ SIGNIFY = [
     ("state_dtype-fp16", lambda: S(SGD, state_dtype=torch.float16), ValueError, "state_dtype"),
     ("nonfinite-int", lambda: S(SGD, nonfinite=1), TypeError, "nonfinite"),
     ("nonfinite-name", lambda: S(SGD, nonfinite="abort"), ValueError, "nonfinite"),
+    ("flatten-str", lambda: S(SGD, flatten="yes"), TypeError, "flatten"),
+    (
+        "flatten-lowmem",
+        lambda: S(SGD, flatten=True, stepsize="alias-lowmem"),
+        ValueError,
+        "flatten",
+    ),
     ("unknown-option", lambda: S(SGD, stepsizes="alias"), TypeError, "stepsizes"),
     # blocks= and its policy's options
     ("blocks-int", lambda: S(SGD, blocks=3), TypeError, "blocks"),
@@ -228,6 +235,13 @@ CTOR = [
         "state_dtype",
     ),
     ("runtime-nonfinite", lambda: C(_p(), lr=0.1, nonfinite="x"), ValueError, "nonfinite"),
+    ("runtime-flatten", lambda: C(_p(), lr=0.1, flatten=1), TypeError, "flatten"),
+    (
+        "runtime-flatten-lowmem",
+        lambda: S(SGD, stepsize="alias-lowmem")(_p(), flatten=True),
+        ValueError,
+        "flatten",
+    ),
     (
         "group-scale_beta-0",
         lambda: C([{"params": _p(), "scale_beta": 0.0}], lr=0.1),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import signify
 from signify.flat import unflatten
+from signify.transforms.stepsize_alias import Alias
 from tests.test_compile import _no_host_sync
 
 FAMILIES = [
@@ -259,8 +260,35 @@ def test_state_of_another_shape_warns_and_steps_per_tensor():
 def test_bad_flatten_arguments():
     with pytest.raises(TypeError, match="flatten"):
         signify.signify(torch.optim.Adam, flatten="yes")
-    for kw in ({"stepsize": "alias"}, {"blocks": "depth"}):
+    for kw in (
+        {"stepsize": "alias-lowmem"},
+        {"stepsize": "alias-adam"},
+        {"stepsize": Alias(scope="tensor")},
+        {"blocks": "depth"},
+        {"vote": "majority"},
+    ):
         with pytest.raises(ValueError, match="flatten"):
             signify.signify(torch.optim.SGD, flatten=True, **kw)
     with pytest.raises(TypeError, match="flatten"):
         signify.Signum([torch.nn.Parameter(torch.randn(3))], lr=0.1, flatten=1)
+
+
+@pytest.mark.parametrize(
+    "stepsize, momentum",
+    [("alias", 0.0), ("alias", 0.9), (Alias(scope="group"), 0.0), ("constant", 0.9)],
+    ids=["alias", "alias-beta", "alias-group", "constant"],
+)
+def test_stepsize_oracle_on_flat_buckets_matches_per_tensor(stepsize, momentum):
+    """A bucket's sums and maxima are those of its tensors: the same estimate as per tensor
+    (to the rounding of the summation order), the same steps."""
+    cls = signify.signify(torch.optim.SGD, stepsize=stepsize)
+    ref, ref_opt = _train(cls, {"momentum": momentum}, False)
+    got, opt = _train(cls, {"momentum": momentum}, True)
+    assert opt._executor._plan.flats
+    torch.testing.assert_close(opt.stepsizes()[0], ref_opt.stepsizes()[0], rtol=1e-5, atol=0)
+    for p, q in zip(ref.parameters(), got.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    for p, q in zip(ref.parameters(), got.parameters()):  # per-tensor scalars mirrored
+        for k, v in ref_opt.state[p].items():
+            if v.dim() == 0:
+                torch.testing.assert_close(opt.state[q][k], v, rtol=1e-5, atol=0)

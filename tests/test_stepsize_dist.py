@@ -66,6 +66,9 @@ def _worker(rank, path, seeds):
         out["sum_gamma"] = gam
         out["sum_x"] = [p.detach().numpy().copy() for p in ps]
         torch.save(out, f"{path}/rank{rank}.pt")
+        # every rank done before any tears gloo down (a rank destroying its group while the
+        # other still sends aborted once: "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

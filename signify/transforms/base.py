@@ -237,6 +237,15 @@ class Transform:
     def exchange(self, opt: SignifiedOptimizer) -> None:
         """The collective between the two passes of a barrier transform."""
 
+    def supports_flat(self) -> bool:
+        """May this transform step a flat bucket (``flatten=True``: a param group's tensors
+        of one dtype as one 1-D tensor, `signify.flat`)? By default only transforms with no
+        hook beyond ``init``/``update``/``bind``: the others may look across tensors."""
+        hooks = ("select", "before_step", "finalize", "exchange", "after_step", "plan", "prepare")
+        return not self.is_barrier and all(
+            getattr(type(self), h) is getattr(Transform, h) for h in hooks
+        )
+
     def graph_safe(self) -> bool:
         """May a step with this transform's ``before_step``/``finalize`` be captured as one
         CUDA graph? Say True only when ``finalize`` is device work on tensors that keep their

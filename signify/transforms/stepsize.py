@@ -188,6 +188,11 @@ class StepsizeOracle(Transform):
         mine["acc_sum"].zero_()
         mine["acc_max"].fill_(-math.inf)  # slots without contributions stay -inf
 
+    def supports_flat(self) -> bool:
+        # A slot per group or one for all: a bucket's sums and maxima are those of its
+        # tensors, and its per-tensor scalars agree (the executor checks and mirrors them).
+        return self.scope != "tensor"
+
     def graph_safe(self) -> bool:
         # ``before_step`` resets the accumulators in place (eagerly, before a replay);
         # ``finalize`` is a compiled function of per-slot tensors. Only the all-reduce, a

@@ -311,6 +311,9 @@ class AliasLowMem(_AliasBase):
     sum_rows = ("dot", "has", "dx")
     max_rows = ("max", "neg_min", "max_prev", "neg_min_prev")
 
+    def supports_flat(self) -> bool:
+        return False  # packed bits per tensor: no per-element buffer to re-home
+
     def init(self, params: Sequence[Tensor], group: Mapping[str, Any]) -> State:
         return {
             "bits": [

@@ -65,6 +65,9 @@ class AliasAdam(StepsizeOracle):
     has_prepare = True
     sum_rows = ("dot",)
 
+    def supports_flat(self) -> bool:
+        return False  # packed bits per tensor: no per-element buffer to re-home
+
     def __init__(
         self,
         beta: float = 0.999,

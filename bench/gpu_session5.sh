@@ -33,6 +33,7 @@ a)
   part step134 170 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "$R134" $NOX --no-cold --out "$OUT/step134.json"
   part step350 170 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "$R350" $NOX --no-check --cold-row "SignAdam stochastic [flatten]" --out "$OUT/step350.json"
   part stepsize 110 python3 bench/stepsize.py --cases signum alias 'alias,measure' 'alias(beta)' signum,flat alias,flat 'alias(beta),flat' --out "$OUT/ss_default"
+  part warm_profile 70 bash -c 'export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d); P="python3 -m bench.step --compile-probe --workload 350m --chunk 8 --row"; $P "SignAdam stochastic [flatten]" && $P "SignAdam stochastic [flatten]" --profile'
   part alias_fusion 120 python3 bench/alias_fusion.py --options default,cdt --out "$OUT/alias_fusion.json"
   ;;
 b)
@@ -47,5 +48,6 @@ cat "$OUT/parts.txt"; head -3 "$OUT/gpu.txt"
 for f in step134 step350 step_cdt; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E '^\| |^compile|^copy' "$OUT/$f.log" | cut -c1-170; }; done
 for f in stepsize stepsize_cdt; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -A8 "^| case" "$OUT/$f.log" | head -8; }; done
 [ -f "$OUT/alias_fusion.log" ] && grep -A24 "^| pass" "$OUT/alias_fusion.log"
+grep '"first_s"' "$OUT/warm_profile.log" 2>/dev/null
 for f in test_cuda realize_check vote_w1; do [ -f "$OUT/$f.log" ] && { echo "== $f"; tail -n 4 "$OUT/$f.log"; }; done
 tar czf "$DEST/session5.tgz" -C "$OUT" .

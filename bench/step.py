@@ -308,10 +308,22 @@ def compile_probe(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     ps = make_params(args.workload, torch.float32, device)
     opt = rows()[args.row](ps, True, args.chunk)
+    prof = None
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     t0 = time.perf_counter()
     opt.step()
     common.sync(device)
     first = time.perf_counter() - t0
+    if prof is not None:  # where a first step's seconds go (to stderr)
+        import pstats
+
+        prof.disable()
+        for key in ("cumulative", "tottime"):
+            pstats.Stats(prof, stream=sys.stderr).sort_stats(key).print_stats(35)
     t0 = time.perf_counter()
     opt.step()
     common.sync(device)
@@ -373,6 +385,7 @@ def main() -> None:
     ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workload", default="350m", help=argparse.SUPPRESS)
     ap.add_argument("--row", default="SignAdam stochastic", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true", help="with --compile-probe: cProfile it")
     args = ap.parse_args()
     if args.compile_probe:
         compile_probe(args)

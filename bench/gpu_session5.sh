@@ -39,6 +39,7 @@ a)
 b)
   part step_cdt 150 env SIGNIFY_INDUCTOR="$CDT" python3 bench/step.py --workloads 134m,350m --dtypes fp32 --rows "Signum [flatten],SignAdam stochastic [flatten],SignAdam stochastic [flatten, nonfinite=ignore]" $NOX --no-check --no-cold --out "$OUT/step_cdt.json"
   part stepsize_cdt 90 env SIGNIFY_INDUCTOR="$CDT" python3 bench/stepsize.py --cases signum,flat alias,flat 'alias(beta),flat' --no-check --out "$OUT/ss_cdt"
+  part replay 150 python3 bench/replay_check.py --only "AdamW fused" --only flatten --only "chunk=8, set_to_none=False" --only "chunk=8" --out "$OUT"
   part test_cuda 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
   part realize_check 70 python3 bench/realize_check.py fp32 bf16
   part vote_w1 90 python3 -m torch.distributed.run --standalone --nproc_per_node=1 bench/vote.py --skip-gpt --out "$OUT"
@@ -49,5 +50,6 @@ for f in step134 step350 step_cdt; do [ -f "$OUT/$f.log" ] && { echo "== $f"; gr
 for f in stepsize stepsize_cdt; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -A8 "^| case" "$OUT/$f.log" | head -8; }; done
 [ -f "$OUT/alias_fusion.log" ] && grep -A24 "^| pass" "$OUT/alias_fusion.log"
 grep '"first_s"' "$OUT/warm_profile.log" 2>/dev/null
+[ -f "$OUT/replay.log" ] && grep -A14 "^| row" "$OUT/replay.log"
 for f in test_cuda realize_check vote_w1; do [ -f "$OUT/$f.log" ] && { echo "== $f"; tail -n 4 "$OUT/$f.log"; }; done
 tar czf "$DEST/session5.tgz" -C "$OUT" .

@@ -23,7 +23,7 @@ import signify
 from bench import common
 from signify.tasks.gpt import GPT, PRESETS
 
-ROWS = [  # (label, compile_chunk, CUDA graphs on, zero_grad(set_to_none=))
+ROWS = [  # (label, compile_chunk (-1: flatten=True), CUDA graphs on, zero_grad(set_to_none=))
     ("AdamW fused", 0, True, True),
     ("Signum chunk=8", 8, True, True),
     ("Signum chunk=2", 2, True, True),
@@ -32,6 +32,11 @@ ROWS = [  # (label, compile_chunk, CUDA graphs on, zero_grad(set_to_none=))
     ("AdamW fused, set_to_none=False", 0, True, False),
     ("Signum chunk=8, set_to_none=False", 8, True, False),
     ("Signum chunk=2, set_to_none=False", 2, True, False),
+    # flatten=True: one buffer (signify/flat.py); a gradient allocated anew is copied in,
+    # so the replay works with set_to_none=True too
+    ("Signum flatten", -1, True, True),
+    ("Signum flatten, set_to_none=False", -1, True, False),
+    ("Signum flatten, no CUDA graphs", -1, False, True),
 ]
 
 
@@ -48,7 +53,12 @@ def run_row(
         opt: Any = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=not args.cpu)
     else:
         opt = signify.Signum(
-            model.parameters(), lr=1e-4, momentum=0.9, compile=not args.cpu, compile_chunk=chunk
+            model.parameters(),
+            lr=1e-4,
+            momentum=0.9,
+            compile=not args.cpu,
+            compile_chunk=max(chunk, 1),
+            flatten=chunk < 0,
         )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.cpu)
 

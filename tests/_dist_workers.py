@@ -94,6 +94,29 @@ def run_ddp(rank: int) -> dict[str, Any]:
     }
 
 
+def run_ddp_flat(rank: int) -> dict[str, Any]:
+    """flatten=True under DDP, with its gradient buckets copied into .grad (the default) and
+    as views of them (``gradient_as_bucket_view=True``: signify copies them into its buffer
+    every step), torch's default ``zero_grad()``; a NaN on one rank."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    out = {}
+    for view in (False, True):
+        model = DDP(net(), gradient_as_bucket_view=view)
+        make, kw = CHAINS["sign_adamw"]
+        opt = make()(model.parameters(), flatten=True, **kw)
+        for step in range(1, STEPS + 1):
+            opt.zero_grad()
+            loss = loss_of(model, rank, step)
+            if step == BAD_STEP and rank == 1:
+                loss = loss * float("nan")
+            loss.backward()
+            opt.step()
+        out[view] = [p.detach().clone() for p in model.module.parameters()]
+        out[f"flat_{view}"] = bool(opt._executor._plan.flats)
+    return out
+
+
 def _fsdp_net(mesh: Any, seed: int = 0) -> Net:
     from torch.distributed.fsdp import fully_shard
 
@@ -255,6 +278,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
 
         mesh = init_device_mesh("cpu", (world,))
         result["ddp"] = run_ddp(rank)
+        result["ddp_flat"] = run_ddp_flat(rank)
         result["fsdp"] = run_fsdp(rank, mesh)
         result["fsdp_resume"] = run_fsdp_resume(rank, mesh)
         result["fsdp_noise"] = run_fsdp_noise(rank, mesh)

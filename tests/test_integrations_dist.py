@@ -59,6 +59,17 @@ def test_ddp_equals_single_process_on_the_mean_gradient(ranks):
         assert r["ddp"]["skipped"] == 1
 
 
+def test_ddp_with_flat_buckets_equals_single_process(ranks):
+    """flatten=True on a DDP model (bucket copies and bucket views alike): the steps of the
+    per-tensor single-process reference on the mean gradient, bit for bit."""
+    ref = dw.reference("sign_adamw")
+    for r in ranks:
+        for view in (False, True):
+            assert r["ddp_flat"][f"flat_{view}"]
+            for a, b in zip(ref, r["ddp_flat"][view]):
+                assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name", ["sign_adamw", "alias_sgd", "alias_adam_tensor"])
 def test_fsdp_deterministic_chains_equal_single_process(ranks, name):
     """Sharded parameters (5 and 3 rows over 2 ranks: uneven shards): each rank steps its

@@ -18,9 +18,10 @@ the authors' code).
 
 Choices (documented in docs/stepsize.md):
 
-* ``||x_t - x_{t-1}||_inf`` is measured when the step is applied (``gamma * lr * max|d + decay
-  x|`` per tensor), so no copy of ``x_{t-1}`` is kept: 4 bytes of state per parameter
-  (``g_{t-1}``) instead of the authors' 8.
+* ``||x_t - x_{t-1}||_inf`` is known when the step is applied (``gamma * lr * max|d + decay
+  x|`` per tensor; ``gamma * lr`` for a sign direction where that is exact, ``move="auto"``),
+  so no copy of ``x_{t-1}`` is kept: 4 bytes of state per parameter (``g_{t-1}``) instead of
+  the authors' 8.
 * ``gamma_i`` in ``d~`` is the step actually taken (``gamma_i`` times the ``lr`` multiplier).
 * The first step (``eta = 0``, where the formula gives infinity) uses ``gamma_0``; the
   authors' code instead clamps every step at ``clamp_level = 1e-3``. Here the clamp

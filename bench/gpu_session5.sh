@@ -30,13 +30,14 @@ R350="torch AdamW fused,Signum,Signum [flatten],SignAdam stochastic,SignAdam sto
 NOX="--no-variants --no-rng"
 case "${PARTS:-a}" in
 a)
-  part step134 170 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "$R134" $NOX --no-cold --out "$OUT/step134.json"
-  part step350 170 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "$R350" $NOX --no-check --cold-row "SignAdam stochastic [flatten]" --out "$OUT/step350.json"
-  part stepsize 110 python3 bench/stepsize.py --cases signum alias 'alias,measure' 'alias(beta)' signum,flat alias,flat 'alias(beta),flat' --out "$OUT/ss_default"
-  part warm_profile 70 bash -c 'export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d); P="python3 -m bench.step --compile-probe --workload 350m --chunk 8 --row"; $P "SignAdam stochastic [flatten]" && $P "SignAdam stochastic [flatten]" --profile'
+  part step134 200 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "$R134" $NOX --no-check --no-cold --out "$OUT/step134.json"
+  part step350 150 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "$R350" $NOX --no-check --cold-row "SignAdam stochastic [flatten]" --out "$OUT/step350.json"
+  part stepsize 100 python3 bench/stepsize.py --cases signum alias 'alias,measure' 'alias(beta)' signum,flat alias,flat 'alias(beta),flat' --out "$OUT/ss_default"
+  part warm_profile 60 bash -c 'export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d); P="python3 -m bench.step --compile-probe --workload 350m --chunk 8 --row"; $P "SignAdam stochastic [flatten]" && $P "SignAdam stochastic [flatten]" --profile'
   part alias_fusion 120 python3 bench/alias_fusion.py --options default,cdt --out "$OUT/alias_fusion.json"
   ;;
 b)
+  part step_check 90 python3 bench/step.py --workloads 134m --dtypes fp32 --rows "Signum [flatten]" $NOX --no-cold --out "$OUT/step_check.json"
   part step_cdt 150 env SIGNIFY_INDUCTOR="$CDT" python3 bench/step.py --workloads 134m,350m --dtypes fp32 --rows "Signum [flatten],SignAdam stochastic [flatten],SignAdam stochastic [flatten, nonfinite=ignore]" $NOX --no-check --no-cold --out "$OUT/step_cdt.json"
   part stepsize_cdt 90 env SIGNIFY_INDUCTOR="$CDT" python3 bench/stepsize.py --cases signum,flat alias,flat 'alias(beta),flat' --no-check --out "$OUT/ss_cdt"
   part replay 150 python3 bench/replay_check.py --only "AdamW fused" --only flatten --only "chunk=8, set_to_none=False" --only "chunk=8" --out "$OUT"

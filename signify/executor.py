@@ -264,7 +264,11 @@ class Executor:
         per-tensor scalar state, sharded parameters)."""
         if self.shard_group is not None:
             return None
-        members = [p for p in group["params"] if p.device == device and p.dtype == dtype]
+        members = [  # frozen parameters (requires_grad=False) stay out of the buffer
+            p
+            for p in group["params"]
+            if p.device == device and p.dtype == dtype and p.requires_grad
+        ]
         if list(map(id, members)) != list(map(id, bps)) or not members:
             return None
         opt = self.opt

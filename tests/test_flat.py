@@ -292,3 +292,19 @@ def test_stepsize_oracle_on_flat_buckets_matches_per_tensor(stepsize, momentum):
         for k, v in ref_opt.state[p].items():
             if v.dim() == 0:
                 torch.testing.assert_close(opt.state[q][k], v, rtol=1e-5, atol=0)
+
+
+def test_frozen_parameters_stay_out_of_the_buffer():
+    """A frozen tensor in the group (fine-tuning) neither blocks the flat step nor moves."""
+
+    def freeze(step, model, opt):
+        if step == 0:
+            model.conv.weight.requires_grad_(False)
+
+    cls = signify.signify(torch.optim.Adam)
+    ref, _ = _train(cls, {}, False, every=freeze)
+    got, opt = _train(cls, {}, True, every=freeze)
+    _same(ref, got)
+    (fb,) = opt._executor._plan.flats
+    assert all(p is not got.conv.weight for p in fb.params)
+    assert len(fb.params) == len(list(got.parameters())) - 1

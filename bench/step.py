@@ -104,10 +104,16 @@ def rows() -> dict[str, Callable[..., Any]]:
         "SignAdam stochastic [flatten]": _signify_row(
             S(torch.optim.Adam, stochastic=True), flatten=True
         ),
-        "SignAdam stochastic [flatten, nonfinite=ignore]": _signify_row(
+        "SignAdam stochastic [flatten; nonfinite=ignore]": _signify_row(
             S(torch.optim.Adam, stochastic=True, nonfinite="ignore"), flatten=True
         ),
         "SignAdam deterministic [flatten]": _signify_row(S(torch.optim.Adam), flatten=True),
+        "SignAdam deterministic [flatten; nonfinite=ignore]": _signify_row(
+            S(torch.optim.Adam, nonfinite="ignore"), flatten=True
+        ),
+        "Signum [flatten; nonfinite=ignore]": _signify_row(
+            signify.Signum, momentum=0.9, flatten=True, nonfinite="ignore"
+        ),
     }
     return out
 

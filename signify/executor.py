@@ -298,6 +298,13 @@ class Executor:
         for k in scalars:  # the first parameter's scalar serves the bucket: must agree (sync)
             vals_ = torch.stack([opt.state[p][k].reshape(()).double() for p in members])
             if not bool((vals_ == vals_[0]).all()):
+                if not self._warned_flat:
+                    self._warned_flat = True
+                    warnings.warn(
+                        f"signify: flatten=True, but the bucket's tensors disagree on {k!r} "
+                        "(a step ran without some of their gradients): stepping per tensor",
+                        stacklevel=4,
+                    )
                 return None
         hkey = (gi, device, dtype)
         fb = self._homes.get(hkey)

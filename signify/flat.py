@@ -19,8 +19,10 @@ What it changes, and what the executor checks every step (host work only, no syn
   put back as ``.grad`` (8 more bytes per fp32 parameter that step); with
   ``zero_grad(set_to_none=False)`` the backward accumulates into the view in place;
 * a bucket is stepped flat only when every parameter of it has a gradient and all their
-  step counters agree (checked, with one synchronisation, when the plan is rebuilt); any
-  other step runs per tensor over the same memory;
+  per-tensor scalars (step counters) agree (checked, with one synchronisation, when the plan
+  is rebuilt); any other step runs per tensor over the same memory, and once a step has run
+  without some of the bucket's gradients their counters differ for good (a warning says so);
+* frozen parameters (``requires_grad=False``) stay out of the buffer;
 * the noise of the stochastic sign is drawn per bucket (the bucket's key, element offsets
   within it): the same distribution as per tensor, other bits.
 

@@ -54,6 +54,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="compile the optimizer step")
+    p.add_argument(
+        "--flatten", action="store_true", help="one buffer per param group (fastest on a GPU)"
+    )
     p.add_argument("--ckpt", default=None, help="checkpoint path: resumed from if it exists")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -86,6 +89,7 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
         stepsize=args.stepsize,
         seed=args.seed,
         compile=args.compile or None,
+        flatten=args.flatten,
     )
     lr = args.lr if args.lr is not None else (1.0 if args.stepsize else 1e-3)
     return cls(groups, lr=lr, **extra)

@@ -35,6 +35,8 @@ def test_train_gpt(tmp_path):
     args = [sys.executable, str(EXAMPLES / "train_gpt.py"), "--tiny", "--stochastic"]
     out = _run([*args, "--steps", "3", "--ckpt", ckpt])
     assert "val" in out and "checkpoint written" in out
+    out = _run([*args, "--flatten", "--steps", "5", "--ckpt", ckpt])  # resumed, flat buckets
+    assert "resumed from" in out and "at step 3" in out and "checkpoint written" in out
 
 
 def test_finetune_blocks():

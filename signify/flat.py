@@ -26,11 +26,13 @@ What it changes, and what the executor checks every step (host work only, no syn
 * the noise of the stochastic sign is drawn per bucket (the bucket's key, element offsets
   within it): the same distribution as per tensor, other bits.
 
-Parameters of one bucket share one storage: `torch.save` writes it once, but a format that
-refuses tensors sharing memory (safetensors; Hugging Face ``save_pretrained`` with
-``safe_serialization``) needs ``signify.flat.unflatten(opt)`` (fresh storage per
-parameter) before saving. Not for sharded (FSDP2) parameters, nor for chains that look
-across tensors (stepsize oracles, blocks, the vote): `flat_blockers` names them.
+Parameters of one bucket share one storage, as non-overlapping views: `torch.save` writes
+the storage once (saving a single parameter alone writes all of it), and safetensors'
+``save_file`` and Hugging Face ``save_pretrained`` write each view on its own (tested with
+safetensors 0.8). For a tool that refuses tensors sharing a storage, ``unflatten(opt)``
+gives each parameter its own again. Not for sharded (FSDP2) parameters, nor for chains that
+look across tensors (blocks, the vote, per-tensor stepsize estimates): `flat_blockers` names
+them.
 """
 
 from __future__ import annotations

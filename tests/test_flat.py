@@ -309,3 +309,20 @@ def test_frozen_parameters_stay_out_of_the_buffer():
     (fb,) = opt._executor._plan.flats
     assert all(p is not got.conv.weight for p in fb.params)
     assert len(fb.params) == len(list(got.parameters())) - 1
+
+
+def test_flat_parameters_save_with_torch_and_safetensors(tmp_path):
+    """Views of one storage: torch.save and safetensors' save_file both round-trip them."""
+    model, _ = _train(signify.signify(torch.optim.Adam), {}, True, steps=2)
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    torch.save(sd, tmp_path / "m.pt")
+    back = torch.load(tmp_path / "m.pt")
+    assert all(torch.equal(back[k], v) for k, v in sd.items())
+    st = pytest.importorskip("safetensors.torch")
+    # safetensors takes row-major tensors only (the channels_last conv weight, flat or not,
+    # is copied); every other entry is still a view of the bucket's one storage
+    rm = {k: v.contiguous() for k, v in sd.items()}
+    assert sum(v.data_ptr() == sd[k].data_ptr() for k, v in rm.items()) == len(sd) - 1
+    st.save_file(rm, str(tmp_path / "m.safetensors"))
+    back = st.load_file(str(tmp_path / "m.safetensors"))
+    assert all(torch.equal(back[k], v) for k, v in sd.items())

@@ -101,6 +101,9 @@ def rows() -> dict[str, Callable[..., Any]]:
         # flatten=True: one buffer per bucket, one kernel per pass (signify/flat.py)
         "Signum [flatten]": _signify_row(signify.Signum, momentum=0.9, flatten=True),
         "StoSignSGD [flatten]": _signify_row(signify.StoSignSGD, flatten=True),
+        "StoSignSGD [flatten; nonfinite=ignore]": _signify_row(
+            signify.StoSignSGD, flatten=True, nonfinite="ignore"
+        ),
         "SignAdam stochastic [flatten]": _signify_row(
             S(torch.optim.Adam, stochastic=True), flatten=True
         ),

@@ -9,7 +9,7 @@ dtypes and transform chains.
   land one bf16 ulp away from torch's fp32 trajectory instead of round-to-nearest's half ulp
   (checked with fp32 state and no L2 decay, where the write is the only difference).
 * Random chains (sign, stochastic sign, blocks, stepsize oracles, decoupled weight decay,
-  state_dtype, nonfinite, scale_beta, explicit transform lists in random orders, mixed
+  state_dtype, nonfinite, scale_beta, flatten, explicit transform lists in random orders, mixed
   dtypes, frozen parameters, missing gradients): a configuration is either rejected at
   construction with a ValueError/TypeError that says something, or every step runs, and
   finite gradients (1e-30 to 1e30) never leave a non-finite parameter.
@@ -248,6 +248,7 @@ options = st.fixed_dictionaries(
         state_dtype=st.sampled_from([None, torch.float32, torch.bfloat16, torch.float64]),
         nonfinite=st.sampled_from(["skip", "raise", "ignore"]),
         scale_beta=st.floats(1e-3, 1.0),
+        flatten=flag,
     )
 )
 explicit_lists = st.lists(

@@ -216,10 +216,14 @@ class Executor:
     def _plan_key(self, active: list[list[Tensor]]) -> Any:
         opt = self.opt
         groups = opt.param_groups
+        # a parameter whose .data was replaced (model.to(...)): the plan's aliases are stale
+        if self.shard_group is None:
+            ptrs = tuple(p.data_ptr() for ps in active for p in ps)  # 0.1 us a tensor
+        else:
+            ptrs = tuple(local(p).data_ptr() for ps in active for p in ps)
         return (
             tuple((tuple(map(id, ps)), self.static(g)) for ps, g in zip(active, groups)),
-            # a parameter whose .data was replaced (model.to(...)): the plan's aliases are stale
-            tuple(local(p).data_ptr() for ps in active for p in ps),
+            ptrs,
             id(opt.state),
             len(opt.state),
         )

@@ -44,13 +44,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .compiled import ROW  # buffers are padded to a multiple of it (the "rows" lane)
 from .planning import alias, dim_order
 
 if TYPE_CHECKING:
     from .transforms.base import Transform
-
-#: buffers are padded to a multiple of this many elements (the compiled "rows" lane)
-ROW = 16
 
 
 def flat_blockers(chain: Sequence[Transform]) -> list[str]:
@@ -130,8 +128,8 @@ class FlatBucket:
 def home(params: Sequence[Tensor]) -> FlatBucket:
     """Re-home ``params`` (one dtype and device, dense) into one buffer, with a gradient
     buffer beside it; their current values and gradients are copied over."""
-    orders = [dim_order(p) for p in params]  # raises for parameters that are not dense
-    del orders
+    for p in params:
+        dim_order(p)  # raises for a parameter that does not cover a dense block of memory
     offsets, total = [], 0
     for p in params:
         offsets.append(total)

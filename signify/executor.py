@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from . import compiled, rng, sharding
-from .flat import FlatBucket, flat_blockers, home
+from .flat import FlatBucket, check_chain, home
 from .planning import (
     Bucket,
     Chunk,
@@ -92,12 +92,7 @@ class Executor:
         #: ``flatten=True``: buckets re-homed into one buffer each (`signify.flat`)
         self.flatten = flatten
         if flatten:
-            blockers = flat_blockers(self.chain)
-            if blockers:
-                raise ValueError(
-                    "flatten=True needs a chain of elementwise transforms; "
-                    f"{', '.join(blockers)} look(s) across tensors or hook(s) into the step"
-                )
+            check_chain(self.chain)
         self._homes: dict[tuple[Any, ...], FlatBucket] = {}
         self._warned_flat = False
         #: "rows" or "flat" (module docstring), from SIGNIFY_LAYOUT; rows when compiling

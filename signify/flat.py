@@ -31,7 +31,7 @@ the storage once (saving a single parameter alone writes all of it), and safeten
 ``save_file`` and Hugging Face ``save_pretrained`` write each view on its own (tested with
 safetensors 0.8). For a tool that refuses tensors sharing a storage, ``unflatten(opt)``
 gives each parameter its own again. Not for sharded (FSDP2) parameters, nor for chains that
-look across tensors (blocks, the vote, per-tensor stepsize estimates): `flat_blockers` names
+look across tensors (blocks, the vote, per-tensor stepsize estimates): `check_chain` names
 them.
 """
 
@@ -51,10 +51,15 @@ if TYPE_CHECKING:
     from .transforms.base import Transform
 
 
-def flat_blockers(chain: Sequence[Transform]) -> list[str]:
-    """Names of the transforms of ``chain`` that cannot step flat buckets
-    (`Transform.supports_flat`)."""
-    return [t.name for t in chain if not t.supports_flat()]
+def check_chain(chain: Sequence[Transform]) -> None:
+    """A ValueError naming ``flatten`` and the transforms of ``chain`` that cannot step flat
+    buckets (`Transform.supports_flat`), if any."""
+    blockers = [t.name for t in chain if not t.supports_flat()]
+    if blockers:
+        raise ValueError(
+            "flatten=True needs a chain of elementwise transforms; "
+            f"{', '.join(blockers)} look(s) across tensors or hook(s) into the step"
+        )
 
 
 @dataclasses.dataclass

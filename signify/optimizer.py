@@ -669,14 +669,9 @@ def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[Sig
         raise TypeError(f"{base.__name__} is already signified")
     chain = build_chain(adapter_for(base), options)  # a malformed chain fails here
     if options.flatten:
-        from .flat import flat_blockers
+        from .flat import check_chain
 
-        blockers = flat_blockers(chain)
-        if blockers:
-            raise ValueError(
-                "flatten=True needs a chain of elementwise transforms; "
-                f"{', '.join(blockers)} look(s) across tensors or hook(s) into the step"
-            )
+        check_chain(chain)
     prefix = "Sign" if options.sign else "Signified"
     name = prefix + base.__name__
     base_params = _base_hyperparameters(base)

@@ -29,6 +29,7 @@ FAMILIES = [
     ("rmsprop", lambda: signify.signify(torch.optim.RMSprop), {"momentum": 0.5}),
     ("adagrad", lambda: signify.signify(torch.optim.Adagrad), {"lr_decay": 0.01}),
     ("nadam", lambda: signify.signify(torch.optim.NAdam), {}),
+    ("radam", lambda: signify.signify(torch.optim.RAdam), {"weight_decay": 0.01}),
     ("adam-nosign", lambda: signify.signify(torch.optim.Adam, sign=False), {}),
 ]
 

@@ -468,8 +468,6 @@ class Executor:
         if self.nonfinite == "raise":
             self._raise_if_nonfinite(active)  # before anything (state included) changes
         key = self._plan_key(active)
-        if self._plan is not None and not all(fb.homed() for fb in self._plan.flats):
-            self._plan = None  # a parameter's .data was replaced: re-home its bucket
         if self._plan is None or key != self._plan_key_:
             self._ensure_state(active)  # before the hooks: the run-and-read path fills it
         for t in self._hooks["before_step"]:

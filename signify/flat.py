@@ -68,8 +68,7 @@ class FlatBucket:
 
     params: list[Tensor]
     offsets: list[int]
-    numel: int  # padded to a multiple of ROW
-    p: Tensor  # 1-D, the parameters
+    p: Tensor  # 1-D, the parameters (padded to a multiple of ROW)
     g: Tensor  # 1-D, the gradients
     state: dict[str, Tensor]  # full state key -> 1-D buffer (per-element state only)
     p_view: Tensor  # 1-D aliases handed to the graphs (made once)
@@ -92,15 +91,15 @@ class FlatBucket:
             for p, off in zip(self.params, self.offsets)
         )
 
-    def bind_grads(self) -> bool:
+    def bind_grads(self) -> None:
         """Copy gradients that are not the bucket's views into it and put the views back
-        as ``.grad``; returns False when a parameter has no gradient."""
+        as ``.grad`` (a parameter without a gradient keeps none: its plan is per tensor)."""
         base, size = self.g.data_ptr(), self.g.element_size()
         stray_src, stray_dst = [], []
         for i, (p, off) in enumerate(zip(self.params, self.offsets)):
             g = p.grad
             if g is None:
-                return False
+                continue
             if g.data_ptr() == base + size * off and g.stride() == p.stride():
                 continue
             view = self.view(self.g, i)
@@ -109,7 +108,6 @@ class FlatBucket:
             p.grad = view
         if stray_src:
             torch._foreach_copy_(stray_dst, stray_src)
-        return True
 
     def bind_state(self, opt: Any, keys: Sequence[str]) -> None:
         """Copy state buffers that are not the bucket's views into it (a loaded or fresh
@@ -118,7 +116,7 @@ class FlatBucket:
             buf = self.state.get(k)
             if buf is None:
                 like = opt.state[self.params[0]][k]
-                buf = self.state[k] = torch.zeros(self.numel, dtype=like.dtype, device=like.device)
+                buf = self.state[k] = torch.zeros_like(self.p, dtype=like.dtype)
                 self.state_views[k] = alias(buf)
             base, size = buf.data_ptr(), buf.element_size()
             for i, (p, off) in enumerate(zip(self.params, self.offsets)):
@@ -144,9 +142,7 @@ def home(params: Sequence[Tensor]) -> FlatBucket:
     flat_p = torch.zeros(total, dtype=like.dtype, device=like.device)
     gdtype = like.grad.dtype if like.grad is not None else like.dtype
     flat_g = torch.zeros(total, dtype=gdtype, device=like.device)
-    fb = FlatBucket(
-        list(params), offsets, total, flat_p, flat_g, {}, alias(flat_p), alias(flat_g), {}
-    )
+    fb = FlatBucket(list(params), offsets, flat_p, flat_g, {}, alias(flat_p), alias(flat_g), {})
     with torch.no_grad():
         for i, p in enumerate(params):
             view = fb.view(flat_p, i)

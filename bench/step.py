@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -316,7 +317,12 @@ def compile_probe(args: argparse.Namespace) -> None:
     """Run in a fresh process: the first step's time of one row (compile included)."""
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     ps = make_params(args.workload, torch.float32, device)
-    opt = rows()[args.row](ps, True, args.chunk)
+    if args.row == FLOOR:
+        # torch's own first-compile cost: one elementwise graph over one parameter
+        fn = torch.compile(lambda p, g: p.add_(g, alpha=-LR), fullgraph=True)
+        opt = types.SimpleNamespace(step=lambda: fn(ps[0].detach(), ps[0].grad))
+    else:
+        opt = rows()[args.row](ps, True, args.chunk)
     prof = None
     if args.profile:
         import cProfile
@@ -339,22 +345,59 @@ def compile_probe(args: argparse.Namespace) -> None:
     print(json.dumps({"first_s": first, "second_s": time.perf_counter() - t0}))
 
 
+#: the compile probe's row for torch's own cost of a first compiled call
+FLOOR = "torch floor"
+
+
 def cold_warm(args: argparse.Namespace, workload: str, row: str) -> dict[str, Any]:
+    """First-step seconds in fresh processes: cold (empty inductor cache), then warm, beside
+    torch's floor (one trivial elementwise graph, same cache). Python may write ``.pyc``
+    files here (``PYTHONDONTWRITEBYTECODE`` is dropped), as a normal installation has them:
+    otherwise every fresh process compiles torch's inductor sources to bytecode again (2.2 s
+    of a warm start on the H100 box). The warm figures are medians of ``args.warm_runs``."""
     out: dict[str, Any] = {"workload": workload, "row": row, "chunk": args.chunk}
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, PYTHONPATH=os.getcwd())
-        cmd = [sys.executable, "-m", "bench.step", "--compile-probe", "--workload", workload]
-        cmd += ["--row", row, "--chunk", str(args.chunk)] + (["--cpu"] if args.cpu else [])
-        for label in ("cold", "warm"):
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+
+        def probe(which: str) -> float | None:
+            cmd = [sys.executable, "-m", "bench.step", "--compile-probe", "--workload", workload]
+            cmd += ["--row", which, "--chunk", str(args.chunk)] + (["--cpu"] if args.cpu else [])
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
             try:
-                out[f"{label}_s"] = json.loads(r.stdout.strip().splitlines()[-1])["first_s"]
+                return float(json.loads(r.stdout.strip().splitlines()[-1])["first_s"])
             except (ValueError, IndexError):
-                out[f"{label}_error"] = (r.stderr or r.stdout)[-300:]
+                out.setdefault("errors", []).append((r.stderr or r.stdout)[-300:])
+                return None
+
+        def warm(which: str) -> float | None:
+            got = [t for t in (probe(which) for _ in range(args.warm_runs)) if t is not None]
+            return statistics.median(got) if got else None
+
+        out["floor_cold_s"] = probe(FLOOR)  # also writes torch's .pyc files
+        out["floor_warm_s"] = warm(FLOOR)
+        out["cold_s"] = probe(row)
+        out["warm_s"] = warm(row)
+        if out["warm_s"] is not None and out["floor_warm_s"] is not None:
+            out["warm_over_floor_s"] = out["warm_s"] - out["floor_warm_s"]
     return out
 
 
 # ---------------------------------------------------------------------------- main
+#: ``--rows "NAME @check=graph"``: the row NAME run under an executor setting
+ROW_ENV = {
+    "check=graph": {"SIGNIFY_FINITE_CHECK": "graph"},
+    "check=foreach": {"SIGNIFY_FINITE_CHECK": "foreach"},
+}
+
+
+def row_env(name: str) -> tuple[str, dict[str, str]]:
+    base, _, setting = name.partition(" @")
+    if setting and setting not in ROW_ENV:
+        raise SystemExit(f"unknown row setting {setting!r}; settings: {', '.join(ROW_ENV)}")
+    return base, ROW_ENV.get(setting, {})
+
+
 @contextlib.contextmanager
 def env_vars(**kw: str) -> Any:
     old = {k: os.environ.get(k) for k in kw}
@@ -395,6 +438,7 @@ def main() -> None:
     ap.add_argument("--workload", default="350m", help=argparse.SUPPRESS)
     ap.add_argument("--row", default="SignAdam stochastic", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help="with --compile-probe: cProfile it")
+    ap.add_argument("--warm-runs", type=int, default=3, help="warm fresh-process probes (median)")
     args = ap.parse_args()
     if args.compile_probe:
         compile_probe(args)
@@ -412,6 +456,9 @@ def main() -> None:
     table.update(peers)
     print(peer_note, flush=True)
     wanted = args.rows.split(",") if args.rows else list(table)
+    for name in wanted:
+        if row_env(name)[0] not in table:
+            raise SystemExit(f"unknown row {name!r}; rows: {', '.join(table)}")
     results: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     if not args.no_check and (device.type == "cuda" or args.compile):
@@ -430,9 +477,11 @@ def main() -> None:
                     (workload == "350m" and not args.cpu) or (args.cpu and not args.compile)
                 ):
                     continue  # compile time grows with the tensor count (the point of signify)
-                if dname == "bf16" and name not in BF16_ROWS:
+                base, env = row_env(name)
+                if dname == "bf16" and base not in BF16_ROWS and "flatten" not in base:
                     continue
-                row = safe_measure(name, table[name], ps, device, args, args.chunk, copy_bw)
+                with env_vars(**env):
+                    row = safe_measure(name, table[base], ps, device, args, args.chunk, copy_bw)
                 record({"workload": workload, "dtype": dname, **row})
             del ps
     # variants on the largest workload, fp32, stochastic signified Adam
@@ -485,9 +534,12 @@ def main() -> None:
         print("\nnoise inside one compiled kernel (134M elements):")
         print(common.table(extra["rng"], ["kernel", "B_param", "ms", "pct_copy"]))
     for c in extra.get("compile", []):
-        cold, warm = c.get("cold_s", float("nan")), c.get("warm_s", float("nan"))
+        t = {k: c.get(k) if c.get(k) is not None else float("nan") for k in c}
+        nan = float("nan")
         print(f"\ncompile {c['row']} {c['workload']} chunk={c['chunk']}: ", end="")
-        print(f"cold {cold:.1f} s, warm {warm:.1f} s")
+        print(f"cold {t.get('cold_s', nan):.1f} s, warm {t.get('warm_s', nan):.1f} s", end="")
+        print(f" (torch floor: cold {t.get('floor_cold_s', nan):.1f} s, ", end="")
+        print(f"warm {t.get('floor_warm_s', nan):.1f} s)")
     cols = ["workload", "dtype", "row", "adapter", "ms", "TBps", "pct_copy", "B_param"]
     cols += ["state_B", "peak_MiB", "first_s", "host_ms", "recompiles", "sync"]
     print(f"\ncopy bandwidth {copy_bw / 1e12:.3f} TB/s; {peer_note}")

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One GPU, sixth session. PARTS=a: the 134M step table (fp32, bf16) with flat buckets under
+# the three non-finite settings (the default eager check, the compiled check
+# SIGNIFY_FINITE_CHECK=graph, none), and the noise micro-benchmark with candidate hashes.
+# PARTS=b: the same check rows at LLaMA-350M shapes, cold/warm first step of a flat step
+# beside torch's own first-compile floor (fresh processes, .pyc written), ALIAS against
+# Signum. PARTS=c: the CUDA tests and a re-run of the step rows after a library change.
+# Each part time-boxed and skipped when the call's TOTAL_S (default 540 s) would not cover
+# it; results copied to $OUT after every part.
+# Usage (GPU machine, repo root):  OUT=/some/dir PARTS=a bash bench/gpu_session6.sh
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=. TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/signify-inductor}
+DEST=${OUT:-bench/results}
+WORK=$(mktemp -d)
+END=$((SECONDS + ${TOTAL_S:-540}))
+part() {  # part NAME SECONDS command...: run if it fits, time-boxed
+  local name=$1 limit=$2; shift 2
+  local left=$((END - SECONDS))
+  if [ "$left" -lt 20 ]; then echo "$name skipped (no time left)" | tee -a "$WORK/parts.txt"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
+  echo "$name rc=$? ${limit}s box, took $((SECONDS - t0))s" | tee -a "$WORK/parts.txt"
+  mkdir -p "$DEST"; tar czf "$DEST/session6.tgz" -C "$WORK" .
+}
+{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$WORK/gpu.txt" 2>&1
+F="[flatten]"; I="[flatten; nonfinite=ignore]"; G="[flatten] @check=graph"
+R134="torch AdamW fused,Signum $F,Signum $G,Signum $I,StoSignSGD $F,StoSignSGD $G,StoSignSGD $I,SignAdam stochastic $F,SignAdam stochastic $G,SignAdam stochastic $I,SignAdam deterministic $I"
+R350="SignAdam stochastic $F,SignAdam stochastic $G,SignAdam stochastic $I"
+NOX="--no-variants --no-rng"
+case "${PARTS:-a}" in
+a)
+  part step134 250 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "$R134" $NOX --no-check --no-cold --out "$WORK/step134.json"
+  part rng 150 python3 -m bench.step_rng --out "$WORK/rng.json"
+  ;;
+b)
+  part step350 200 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "$R350" $NOX --no-check --cold-row "SignAdam stochastic $F" --out "$WORK/step350.json"
+  part stepsize 110 python3 bench/stepsize.py --cases signum alias signum,flat alias,flat --out "$WORK/ss"
+  ;;
+c)
+  part test_cuda 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  part step134c 200 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "${ROWS:-$R134}" $NOX --no-check --no-cold --out "$WORK/step134c.json"
+  ;;
+esac
+cat "$WORK/parts.txt"; head -3 "$WORK/gpu.txt"
+for f in step134 step350 step134c; do [ -f "$WORK/$f.log" ] && { echo "== $f"; grep -E '^\| |^compile|^copy' "$WORK/$f.log" | cut -d'|' -f2-8,12; }; done
+[ -f "$WORK/rng.log" ] && { echo "== rng"; grep -E '^\||^copy|^int32' "$WORK/rng.log"; }
+[ -f "$WORK/stepsize.log" ] && { echo "== stepsize"; grep -A8 "^| case" "$WORK/stepsize.log" | head -8; }
+[ -f "$WORK/test_cuda.log" ] && { echo "== test_cuda"; tail -n 4 "$WORK/test_cuda.log"; }
+tar czf "$DEST/session6.tgz" -C "$WORK" .

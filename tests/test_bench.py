@@ -15,12 +15,13 @@ def test_step_bench_cpu_smoke(tmp_path):
     out = tmp_path / "step.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "bench/step.py", "--cpu", "--dtypes", "fp32", "--no-variants"]
-    cmd += ["--rows", "Signum,SignAdam stochastic,SignAdamax stochastic", "--out", str(out)]
+    names = "Signum,Signum @check=graph,SignAdam stochastic,SignAdamax stochastic"
+    cmd += ["--rows", names, "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     payload = json.loads(out.read_text())
     rows = {row["row"]: row for row in payload["rows"]}
-    assert set(rows) == {"Signum", "SignAdam stochastic", "SignAdamax stochastic"}
+    assert set(rows) == set(names.split(","))
     for row in rows.values():
         assert row["ms"] > 0 and row["recompiles"] == 0, row
     assert rows["Signum"]["B_param"] == 20 and rows["SignAdam stochastic"]["B_param"] == 28

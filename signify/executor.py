@@ -100,8 +100,9 @@ class Executor:
             "SIGNIFY_LAYOUT", "rows" if compile else "flat", compiled.LAYOUTS
         )
         #: how the non-finite check reads the gradients when no transform has a prepass:
-        #: "foreach" (torch's multi-tensor max-abs norm, a few launches for all tensors) or
-        #: "graph" (inside the compiled prepass, one reduction per tensor)
+        #: "foreach" (torch's multi-tensor max-abs norm, a few launches for all tensors),
+        #: "graph" (inside the compiled prepass, one reduction per tensor), "fused" (inside
+        #: the step's bookkeeping graph) or "auto" (`_finite_check`)
         self.finite_check = compiled.env_option(
             "SIGNIFY_FINITE_CHECK", "foreach", compiled.FINITE_CHECKS
         )
@@ -598,7 +599,12 @@ class Executor:
             check = self.nonfinite == "skip"  # "raise" checked before the step began
             bad: Tensor | None = None
             mode: str | None = None
-            if check and not self.has_prepare and self.finite_check == "foreach":
+            checked: list[Tensor] = []  # gradients the bookkeeping graph checks itself
+            how = self._finite_check(per_chunk) if check and not self.has_prepare else None
+            if how == "fused":
+                mode = "fused"
+                checked = [g for c, grads, _ in per_chunk for g in grads[: len(c.views)]]
+            elif how == "foreach":
                 mode = "foreach"
                 grads_ = [
                     g for c, grads, _ in per_chunk for g in grads[: len(c.views) - len(c.pad_grads)]
@@ -620,7 +626,7 @@ class Executor:
                 bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
 
             # 2. the step's scalars: ok flag, counters, random keys
-            ok = self._bookkeeping(plan, device, mode, bad)
+            ok = self._bookkeeping(plan, device, mode, bad, checked)
             if plan.counters:
                 if ok is None:
                     torch._foreach_add_(plan.counters, 1.0)
@@ -651,14 +657,33 @@ class Executor:
                     torch._foreach_copy_(dst, src)
         return ok
 
+    def _finite_check(self, per_chunk: list[Any]) -> str:
+        """How this step checks its gradients when no transform has a prepass: "fused"
+        (inside the bookkeeping graph: no launch of its own, and inductor's reduction reads
+        a flat bucket at full bandwidth), "foreach" or "graph" (`finite_check`). "auto" fuses
+        when every chunk is a flat bucket (few tensors: a graph with a reduction per tensor
+        compiles slowly) and nothing is sharded (every rank must first agree)."""
+        how = self.finite_check
+        if how == "auto":
+            flat = all(c.flat is not None for c, _, _ in per_chunk)
+            how = "fused" if flat else "foreach"
+        if how == "fused" and self.shard_group is not None:
+            how = "foreach"
+        return how
+
     def _bookkeeping(
-        self, plan: Plan, device: torch.device, mode: str | None, bad: Tensor | None
+        self,
+        plan: Plan,
+        device: torch.device,
+        mode: str | None,
+        bad: Tensor | None,
+        checked: list[Tensor],
     ) -> Tensor | None:
         shared = self.opt.shared_state(device)
         state = shared["rng"]
         here = [b for b in plan.buckets if b.device == device]
         run = self._runner(
-            ("bookkeeping", mode, self.rank != 0, len(here)),
+            ("bookkeeping", mode, self.rank != 0, len(here), len(checked)),
             lambda: compiled.make_bookkeeping(mode, self.rank != 0),
             device,
         )
@@ -674,6 +699,7 @@ class Executor:
             [b.tensor_keys for b in here],
             [b.step_keys for b in here],
             rank_key,
+            checked,
         )
         for b in plan.buckets:
             if b.device != device:  # other devices: the same keys, eagerly

@@ -25,9 +25,9 @@ part() {  # part NAME SECONDS command...: run if it fits, time-boxed
 }
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$WORK/gpu.txt" 2>&1
-F="[flatten]"; I="[flatten; nonfinite=ignore]"; G="[flatten] @check=graph"
-R134="torch AdamW fused,Signum $F,Signum $G,Signum $I,StoSignSGD $F,StoSignSGD $G,StoSignSGD $I,SignAdam stochastic $F,SignAdam stochastic $G,SignAdam stochastic $I,SignAdam deterministic $I"
-R350="SignAdam stochastic $F,SignAdam stochastic $G,SignAdam stochastic $I"
+F="[flatten]"; I="[flatten; nonfinite=ignore]"; G="[flatten] @check=graph"; U="[flatten] @check=fused"
+R134="torch AdamW fused,Signum $F,Signum $U,Signum $I,StoSignSGD $F,StoSignSGD $U,StoSignSGD $I,SignAdam stochastic $F,SignAdam stochastic $G,SignAdam stochastic $U,SignAdam stochastic $I,SignAdam deterministic $U,SignAdam deterministic $I"
+R350="SignAdam stochastic $F,SignAdam stochastic $U,SignAdam stochastic $I"
 NOX="--no-variants --no-rng"
 case "${PARTS:-a}" in
 a)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU, sixth session. PARTS=a: the 134M step table (fp32, bf16) with flat buckets under
-# the three non-finite settings (the default eager check, the compiled check
-# SIGNIFY_FINITE_CHECK=graph, none), and the noise micro-benchmark with candidate hashes.
+# the non-finite settings (the default eager check; SIGNIFY_FINITE_CHECK=graph, a compiled
+# prepass; =fused, inside the bookkeeping graph; none), and the noise micro-benchmark with candidate hashes.
 # PARTS=b: the same check rows at LLaMA-350M shapes, cold/warm first step of a flat step
 # beside torch's own first-compile floor (fresh processes, .pyc written), ALIAS against
 # Signum. PARTS=c: the CUDA tests and a re-run of the step rows after a library change.

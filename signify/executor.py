@@ -601,15 +601,13 @@ class Executor:
             mode: str | None = None
             checked: list[Tensor] = []  # gradients the bookkeeping graph checks itself
             how = self._finite_check(per_chunk) if check and not self.has_prepare else None
-            if how == "fused":
-                mode = "fused"
-                checked = [g for c, grads, _ in per_chunk for g in grads[: len(c.views)]]
-            elif how == "foreach":
-                mode = "foreach"
-                grads_ = [
-                    g for c, grads, _ in per_chunk for g in grads[: len(c.views) - len(c.pad_grads)]
-                ]
-                bad = _max_abs(grads_, device)
+            real = [
+                g for c, grads, _ in per_chunk for g in grads[: len(c.views) - len(c.pad_grads)]
+            ]
+            if how == "fused" and real:
+                mode, checked = "fused", real
+            elif how in ("foreach", "fused"):
+                mode, bad = "foreach", _max_abs(real, device)
             elif check or self.has_prepare:
                 mode = "graph" if check else None
                 bad = torch.zeros(1, dtype=torch.float32, device=device)

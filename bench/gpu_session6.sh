@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU, sixth session. PARTS=a: the 134M step table (fp32, bf16) with flat buckets under
 # the non-finite settings (the default eager check; SIGNIFY_FINITE_CHECK=graph, a compiled
-# prepass; =fused, inside the bookkeeping graph; none), and the noise micro-benchmark with candidate hashes.
+# prepass; =fused, inside the bookkeeping graph, an option tried in this session and removed
+# after this measurement; none), and the noise micro-benchmark with candidate hashes.
 # PARTS=b: the same check rows at LLaMA-350M shapes, cold/warm first step of a flat step
 # beside torch's own first-compile floor (fresh processes, .pyc written), ALIAS against
 # Signum. PARTS=c: the CUDA tests and a re-run of the step rows after a library change.
@@ -25,9 +26,11 @@ part() {  # part NAME SECONDS command...: run if it fits, time-boxed
 }
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$WORK/gpu.txt" 2>&1
-F="[flatten]"; I="[flatten; nonfinite=ignore]"; G="[flatten] @check=graph"; U="[flatten] @check=fused"
-R134="torch AdamW fused,Signum $F,Signum $U,Signum $I,StoSignSGD $F,StoSignSGD $U,StoSignSGD $I,SignAdam stochastic $F,SignAdam stochastic $G,SignAdam stochastic $U,SignAdam stochastic $I,SignAdam deterministic $U,SignAdam deterministic $I"
-R350="SignAdam stochastic $F,SignAdam stochastic $U,SignAdam stochastic $I"
+# (The runs of 2026-12-07 also had "@check=fused" rows, commit c66bb56: Signum, StoSignSGD,
+# stochastic and deterministic Adam at 134M, stochastic Adam at 350M.)
+F="[flatten]"; I="[flatten; nonfinite=ignore]"; G="[flatten] @check=graph"
+R134="torch AdamW fused,Signum $F,Signum $I,StoSignSGD $F,StoSignSGD $I,SignAdam stochastic $F,SignAdam stochastic $G,SignAdam stochastic $I,SignAdam deterministic $I"
+R350="SignAdam stochastic $F,SignAdam stochastic $I"
 NOX="--no-variants --no-rng"
 case "${PARTS:-a}" in
 a)

@@ -388,7 +388,6 @@ def cold_warm(args: argparse.Namespace, workload: str, row: str) -> dict[str, An
 ROW_ENV = {
     "check=graph": {"SIGNIFY_FINITE_CHECK": "graph"},
     "check=foreach": {"SIGNIFY_FINITE_CHECK": "foreach"},
-    "check=fused": {"SIGNIFY_FINITE_CHECK": "fused"},
 }
 
 

@@ -36,7 +36,7 @@ from .transforms.base import StepContext, Transform, Update
 #: Row length of the "rows" layout: 16 elements, a multiple of every vector width.
 ROW = 16
 LAYOUTS = ("rows", "flat")
-FINITE_CHECKS = ("graph", "foreach", "fused", "auto")
+FINITE_CHECKS = ("graph", "foreach")
 
 
 def env_option(name: str, default: str, allowed: Sequence[str]) -> str:
@@ -189,20 +189,15 @@ def make_segment(
 def make_bookkeeping(check: str | None, ranked: bool) -> Callable[..., Tensor | None]:
     """The step's scalar work; per-tensor keys are written as int32 (`signify.rng`).
     ``check``: None (no check: every step counts), "graph" (``bad`` counts non-finite
-    gradient entries), "foreach" (``bad`` holds per-tensor max-abs norms of the gradients,
-    non-finite iff a gradient is) or "fused" (the gradients in ``checked`` are read here)."""
+    gradient entries) or "foreach" (``bad`` holds per-tensor max-abs norms of the gradients,
+    non-finite iff a gradient is)."""
 
-    def signify_bookkeeping(bad, seed, counter, skipped, tensor_keys, step_keys, rank_key, checked):  # type: ignore[no-untyped-def]
+    def signify_bookkeeping(bad, seed, counter, skipped, tensor_keys, step_keys, rank_key):  # type: ignore[no-untyped-def]
         ok = None
         if check is None:
             counter.add_(1)
         else:
-            if check == "fused":
-                ok = torch.stack([torch.isfinite(g).all() for g in checked]).all()
-            elif check == "graph":
-                ok = (bad == 0).all()
-            else:
-                ok = torch.isfinite(bad).all()
+            ok = (bad == 0).all() if check == "graph" else torch.isfinite(bad).all()
             counter.add_(ok.to(torch.int64))
             skipped.add_((~ok).to(skipped.dtype))
         key = rng.step_key(seed, counter, rank_key_t=rank_key if ranked else None)

@@ -100,9 +100,8 @@ class Executor:
             "SIGNIFY_LAYOUT", "rows" if compile else "flat", compiled.LAYOUTS
         )
         #: how the non-finite check reads the gradients when no transform has a prepass:
-        #: "foreach" (torch's multi-tensor max-abs norm, a few launches for all tensors),
-        #: "graph" (inside the compiled prepass, one reduction per tensor), "fused" (inside
-        #: the step's bookkeeping graph) or "auto" (`_finite_check`)
+        #: "foreach" (torch's multi-tensor max-abs norm, a few launches for all tensors) or
+        #: "graph" (inside the compiled prepass, one reduction per tensor)
         self.finite_check = compiled.env_option(
             "SIGNIFY_FINITE_CHECK", "foreach", compiled.FINITE_CHECKS
         )
@@ -599,15 +598,12 @@ class Executor:
             check = self.nonfinite == "skip"  # "raise" checked before the step began
             bad: Tensor | None = None
             mode: str | None = None
-            checked: list[Tensor] = []  # gradients the bookkeeping graph checks itself
-            how = self._finite_check(per_chunk) if check and not self.has_prepare else None
-            real = [
-                g for c, grads, _ in per_chunk for g in grads[: len(c.views) - len(c.pad_grads)]
-            ]
-            if how == "fused" and real:
-                mode, checked = "fused", real
-            elif how in ("foreach", "fused"):
-                mode, bad = "foreach", _max_abs(real, device)
+            if check and not self.has_prepare and self.finite_check == "foreach":
+                mode = "foreach"
+                grads_ = [
+                    g for c, grads, _ in per_chunk for g in grads[: len(c.views) - len(c.pad_grads)]
+                ]
+                bad = _max_abs(grads_, device)
             elif check or self.has_prepare:
                 mode = "graph" if check else None
                 bad = torch.zeros(1, dtype=torch.float32, device=device)
@@ -624,7 +620,7 @@ class Executor:
                 bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
 
             # 2. the step's scalars: ok flag, counters, random keys
-            ok = self._bookkeeping(plan, device, mode, bad, checked)
+            ok = self._bookkeeping(plan, device, mode, bad)
             if plan.counters:
                 if ok is None:
                     torch._foreach_add_(plan.counters, 1.0)
@@ -655,33 +651,14 @@ class Executor:
                     torch._foreach_copy_(dst, src)
         return ok
 
-    def _finite_check(self, per_chunk: list[Any]) -> str:
-        """How this step checks its gradients when no transform has a prepass: "fused"
-        (inside the bookkeeping graph: no launch of its own, and inductor's reduction reads
-        a flat bucket at full bandwidth), "foreach" or "graph" (`finite_check`). "auto" fuses
-        when every chunk is a flat bucket (few tensors: a graph with a reduction per tensor
-        compiles slowly) and nothing is sharded (every rank must first agree)."""
-        how = self.finite_check
-        if how == "auto":
-            flat = all(c.flat is not None for c, _, _ in per_chunk)
-            how = "fused" if flat else "foreach"
-        if how == "fused" and self.shard_group is not None:
-            how = "foreach"
-        return how
-
     def _bookkeeping(
-        self,
-        plan: Plan,
-        device: torch.device,
-        mode: str | None,
-        bad: Tensor | None,
-        checked: list[Tensor],
+        self, plan: Plan, device: torch.device, mode: str | None, bad: Tensor | None
     ) -> Tensor | None:
         shared = self.opt.shared_state(device)
         state = shared["rng"]
         here = [b for b in plan.buckets if b.device == device]
         run = self._runner(
-            ("bookkeeping", mode, self.rank != 0, len(here), len(checked)),
+            ("bookkeeping", mode, self.rank != 0, len(here)),
             lambda: compiled.make_bookkeeping(mode, self.rank != 0),
             device,
         )
@@ -697,7 +674,6 @@ class Executor:
             [b.tensor_keys for b in here],
             [b.step_keys for b in here],
             rank_key,
-            checked,
         )
         for b in plan.buckets:
             if b.device != device:  # other devices: the same keys, eagerly

@@ -115,34 +115,6 @@ def test_stochastic_compiled_equals_eager_and_moves_by_lr():
         assert (moved.round() <= 3).all() and (moved.round() % 2 == 1).float().mean() > 0.9
 
 
-@pytest.mark.parametrize("check", ["fused", "auto"])
-def test_compiled_flat_check_in_the_bookkeeping_graph_skips_a_nonfinite_step(monkeypatch, check):
-    """The non-finite check read inside the compiled bookkeeping graph (no pass of its own)
-    skips the step whose gradient holds an inf, as the eager check does (flat against flat:
-    a stochastic sign draws its noise by position in the bucket)."""
-    cls = signify.signify(torch.optim.Adam, stochastic=True)
-
-    def every(step, model, opt):
-        if step == 0:
-            bad = {"at": 3}
-            model.fc1.weight.register_hook(
-                lambda g: g.index_fill(1, torch.tensor([2]), float("inf")) if bad["at"] else g
-            )
-            model._bad = bad
-        model._bad["at"] = step == 3
-
-    ref, ref_opt = _train(cls, {}, True, every=every)
-    monkeypatch.setenv("SIGNIFY_FINITE_CHECK", check)
-    got, opt = _train(cls, {}, True, compile_=True, every=every)
-    assert (
-        opt.compiled
-        and opt._executor._finite_check([(c, [], None) for c in opt._executor._plan.chunks()])
-        == "fused"
-    )
-    assert ref_opt.skipped_steps == opt.skipped_steps == 1
-    _same(ref, got)
-
-
 def test_missing_gradient_steps_per_tensor_and_keeps_counters_right():
     """A parameter without a gradient for one step: that step (and every later one, its step
     counter now differs) runs per tensor over the same memory, as the per-tensor optimizer."""

@@ -5,7 +5,8 @@
 # after this measurement; none), and the noise micro-benchmark with candidate hashes.
 # PARTS=b: the same check rows at LLaMA-350M shapes, cold/warm first step of a flat step
 # beside torch's own first-compile floor (fresh processes, .pyc written), ALIAS against
-# Signum. PARTS=c: the CUDA tests and a re-run of the step rows after a library change.
+# Signum. PARTS=c: the CUDA tests, the noise chains' rows after a library change, ALIAS
+# against Signum with whole-tensor sums in two stages (SIGNIFY_REDUCE_ROWS).
 # Each part time-boxed and skipped when the call's TOTAL_S (default 540 s) would not cover
 # it; results copied to $OUT after every part.
 # Usage (GPU machine, repo root):  OUT=/some/dir PARTS=a bash bench/gpu_session6.sh
@@ -42,13 +43,17 @@ b)
   part stepsize 110 python3 bench/stepsize.py --cases signum alias signum,flat alias,flat --out "$WORK/ss"
   ;;
 c)
-  part test_cuda 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-  part step134c 200 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "${ROWS:-$R134}" $NOX --no-check --no-cold --out "$WORK/step134c.json"
+  RC="Signum $I,StoSignSGD $I,SignAdam stochastic $I,SignAdam stochastic $F"
+  part test_cuda 170 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  part step134c 150 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "${ROWS:-$RC}" $NOX --no-check --no-cold --out "$WORK/step134c.json"
+  part ss_plain 60 python3 bench/stepsize.py --cases signum alias signum,flat alias,flat --no-check --out "$WORK/ss_plain"
+  part ss_rows16k 60 env SIGNIFY_REDUCE_ROWS=16384 python3 bench/stepsize.py --cases signum alias signum,flat alias,flat --no-check --out "$WORK/ss_rows16k"
+  part ss_rows2k 60 env SIGNIFY_REDUCE_ROWS=2048 python3 bench/stepsize.py --cases signum alias signum,flat alias,flat --no-check --out "$WORK/ss_rows2k"
   ;;
 esac
 cat "$WORK/parts.txt"; head -3 "$WORK/gpu.txt"
 for f in step134 step350 step134c; do [ -f "$WORK/$f.log" ] && { echo "== $f"; grep -E '^\| |^compile|^copy' "$WORK/$f.log" | cut -d'|' -f2-8,12; }; done
 [ -f "$WORK/rng.log" ] && { echo "== rng"; grep -E '^\||^copy|^int32' "$WORK/rng.log"; }
-[ -f "$WORK/stepsize.log" ] && { echo "== stepsize"; grep -A8 "^| case" "$WORK/stepsize.log" | head -8; }
+for f in stepsize ss_plain ss_rows16k ss_rows2k; do [ -f "$WORK/$f.log" ] && { echo "== $f"; grep -A6 "^| case" "$WORK/$f.log" | head -6 | cut -d'|' -f2-5; }; done
 [ -f "$WORK/test_cuda.log" ] && { echo "== test_cuda"; tail -n 4 "$WORK/test_cuda.log"; }
 tar czf "$DEST/session6.tgz" -C "$WORK" .

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .transforms.base import StepContext, Transform, Update
+from .transforms.base import StepContext, Transform, Update, total
 
 #: Row length of the "rows" layout: 16 elements, a multiple of every vector width.
 ROW = 16
@@ -149,7 +149,7 @@ def make_prepare(
             _rows(params)
         if check_finite:
             for g in grads:
-                bad.add_((~torch.isfinite(g)).sum())
+                bad.add_(total(~torch.isfinite(g)))
         ctx = StepContext(hyper, static, keys, None, shared)
         u = Update(params=params, grads=grads, lr=hyper["lr"])
         for i in users:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 MASK32 = 0xFFFFFFFF
+_F32_MAX = torch.finfo(torch.float32).max
 _MUL = 0x45D9F3B  # < 2**31: int64 products of a 32-bit value stay below 2**63
 _GOLDEN = 0x9E3779B9
 
@@ -171,7 +172,9 @@ def stochastic_round(value: Tensor, dtype: torch.dtype, bits: Tensor) -> Tensor:
         noise = (bits & 0xFFFF).to(torch.int32)
         rounded = ((v.view(torch.int32) + noise) & -0x10000).view(torch.float32)
         # Non-finite values, and finite ones that would round past the largest finite
-        # bfloat16, take the deterministic path (round-to-nearest keeps NaN and inf).
-        keep = torch.isfinite(v) & torch.isfinite(rounded)
+        # bfloat16, take the deterministic path (round-to-nearest keeps NaN and inf). One
+        # test covers both: adding at most 0xFFFF to the pattern of an inf or NaN leaves an
+        # inf or NaN (the exponent bits stay all ones), and a NaN fails the comparison.
+        keep = rounded.abs() <= _F32_MAX
         return torch.where(keep, rounded, v).to(dtype)
     return value.to(dtype)

@@ -156,3 +156,24 @@ def test_inductor_options_extra_from_environment(monkeypatch):
         monkeypatch.setenv("SIGNIFY_INDUCTOR", bad)
         with pytest.raises(ValueError, match=f"SIGNIFY_INDUCTOR.*{what}"):
             compiled.inductor_options("segment", "cuda")
+
+
+def test_reduce_rows_setting_sums_the_same(monkeypatch):
+    """SIGNIFY_REDUCE_ROWS=C (a benchmark setting) sums whole rows of C first: the same sum
+    to rounding, compiled and eager; a size that is not whole rows takes the plain sum; a
+    bad value is a ValueError naming the setting."""
+    from signify.transforms import base
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(64 * 48, generator=gen)
+    odd = torch.randn(64 * 48 + 5, generator=gen)
+    plain = base.total(x)
+    monkeypatch.setattr(base, "REDUCE_ROWS", 64)
+    for fn in (base.total, torch.compile(base.total, fullgraph=True, dynamic=True)):
+        torch.testing.assert_close(fn(x), x.double().sum().float(), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(fn(odd), odd.double().sum().float(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(base.total(x), plain, rtol=1e-5, atol=1e-4)
+    for bad in ("-1", "x", "1.5"):
+        monkeypatch.setenv("SIGNIFY_REDUCE_ROWS", bad)
+        with pytest.raises(ValueError, match="SIGNIFY_REDUCE_ROWS"):
+            base._reduce_rows()

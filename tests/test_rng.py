@@ -134,3 +134,25 @@ def test_stochastic_round_keeps_representable_and_signed_values():
     y = -torch.rand(1000) - 0.1
     r = rng.stochastic_round(y, torch.bfloat16, bits).float()
     assert (r < 0).all() and ((r - y).abs() <= y.abs() * 2**-7).all()
+
+
+def test_stochastic_round_non_finite_and_overflow_take_round_to_nearest():
+    """inf and NaN (a quiet one, and ones with only low mantissa bits, whose pattern plus
+    noise truncates to inf) round to nearest for every draw of the noise; a finite value
+    whose stochastic rounding lands past the largest bfloat16 rounds to nearest too. The
+    reference is the rule in plain words: keep the rounded value iff the input and it are
+    finite. Compiled code agrees."""
+    big = torch.finfo(torch.float32).max
+    special = torch.tensor([float("inf"), -float("inf"), float("nan"), big, -big, 3.3961e38])
+    low_nan = torch.tensor([0x7F800001, -0x007FFFFF], dtype=torch.int32).view(torch.float32)
+    values = torch.cat([special, low_nan, torch.randn(6) * 1e38]).repeat(4096)
+    bits = rng.random_bits(torch.tensor(11), values.numel(), torch.device("cpu"), 3)
+    noise = (bits & 0xFFFF).to(torch.int32)
+    rounded = ((values.view(torch.int32) + noise) & -0x10000).view(torch.float32)
+    keep = torch.isfinite(values) & torch.isfinite(rounded)
+    expect = torch.where(keep, rounded, values).to(torch.bfloat16)
+    assert keep.any() and (~keep & torch.isfinite(values)).any()  # both paths taken
+    for fn in (rng.stochastic_round, torch.compile(rng.stochastic_round, fullgraph=True)):
+        got = fn(values, torch.bfloat16, bits)
+        assert torch.equal(got.isnan(), expect.isnan())
+        assert torch.equal(got[~got.isnan()], expect[~expect.isnan()])

@@ -263,3 +263,22 @@ def test_signadamax_preset_unbiased():
     p = (0.01 * torch.randn(N_BIG)).requires_grad_()
     opt = SignAdamax([p], lr=0.01, betas=(0.5, 0.9), weight_decay=0.1, seed=12)
     _preset_mean(opt, p, _Alg9(0.5, 0.9, 1e-8, (1,)), 0.01, 0.1)
+
+
+def test_stochastic_sign_of_infinite_inputs_is_finite():
+    """Infinite numerator or scale (a finite gradient whose square overflows) clamp to the
+    largest float: the direction stays in {-1, 1}, never NaN (inf - inf)."""
+    from signify.transforms.base import StepContext, Update
+    from signify.transforms.sign import StochasticSign
+
+    inf = float("inf")
+    n = 4096
+    num = torch.tensor([inf, -inf, 1.0, inf]).repeat(n)
+    scale = torch.tensor([inf, inf, inf, 1.0]).repeat(n)
+    ctx = StepContext({}, {}, torch.tensor([7], dtype=torch.int32), None, {})
+    u = Update(params=[num.clone()], grads=[num.clone()], lr=torch.tensor(1.0))
+    u.num, u.scale = [num], [scale]
+    d = StochasticSign().update(u, {}, ctx)[0].direction[0].view(n, 4)
+    assert torch.isfinite(d).all()
+    assert (d[:, 0] == 1).all() and (d[:, 1] == -1).all() and (d[:, 3] == 1).all()
+    assert set(d[:, 2].unique().tolist()) == {-1.0, 1.0}  # sign(1 + max * u): sign(u)

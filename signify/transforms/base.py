@@ -38,6 +38,7 @@ reductions before the update), ``exchange`` (a collective between two elementwis
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,6 +51,29 @@ if TYPE_CHECKING:
     from ..optimizer import SignifiedOptimizer
 
 State = dict[str, list[Tensor]]
+
+
+def _reduce_rows() -> int:
+    raw = os.environ.get("SIGNIFY_REDUCE_ROWS", "0")
+    if not raw.isdigit():
+        raise ValueError(f"SIGNIFY_REDUCE_ROWS must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+#: Row length of the two-stage form of whole-tensor sums (`total`); 0: one ``sum()``.
+REDUCE_ROWS = _reduce_rows()
+
+
+def total(x: Tensor) -> Tensor:
+    """The sum of all of ``x``'s elements, a 0-d tensor. With ``SIGNIFY_REDUCE_ROWS=C`` (a
+    benchmark setting) a tensor of at least two whole rows of C sums its rows first, a
+    reduction along contiguous rows that inductor gives one program per row, instead of its
+    split reduction of a long vector. Every whole-tensor sum of one pass must take the same
+    form for inductor to fuse them into one read of the inputs."""
+    c, n = REDUCE_ROWS, x.numel()
+    if c and n >= 2 * c and n % c == 0:
+        return x.reshape(-1, c).sum(1).sum()
+    return x.sum()
 
 
 def up(t: Tensor) -> Tensor:

@@ -19,8 +19,6 @@ coordinate does not move, where the base itself would write NaN into the paramet
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import rng
@@ -35,8 +33,12 @@ def _need(u: Update, field: str, who: str) -> list[torch.Tensor]:
 
 
 def _finite(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in the compute precision with +-inf clamped to the largest finite value."""
-    return torch.nan_to_num(up(t), nan=math.nan)
+    """``t`` in the compute precision with +-inf clamped to the largest finite value (NaN
+    stays NaN). A clamp, not ``nan_to_num``: two operations per element instead of six,
+    which counts where the kernel is bound by arithmetic (bf16 with the counter hash)."""
+    t = up(t)
+    big = torch.finfo(t.dtype).max
+    return t.clamp(-big, big)
 
 
 class Sign(Transform):

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from .. import rng
 from ..sharding import local
-from .base import State, StepContext, Update, up
+from .base import State, StepContext, Update, total, up
 from .stepsize import StepsizeOracle, check_number
 
 if TYPE_CHECKING:
@@ -259,8 +259,8 @@ class Alias(_AliasBase):
         for i, g_raw in enumerate(u.grads):
             has = state["n"][i][0] > 0
             g, gp = up(g_raw), up(state["g_prev"][i])
-            l1 = (g - gp).abs().sum()
-            dot = (g * torch.sign(gp)).sum() * state["s_prev"][i][0]
+            l1 = total((g - gp).abs())
+            dot = total(g * torch.sign(gp)) * state["s_prev"][i][0]
             l1s.append(torch.where(has, l1, 0.0))
             dots.append(torch.where(has, dot, 0.0) if self.option == 1 else l1.new_zeros(()))
             hass.append(has.to(torch.float32))

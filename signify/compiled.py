@@ -52,9 +52,11 @@ def fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
-def compile_fn(fn: Callable[..., Any], kind: str, device_type: str) -> Callable[..., Any]:
+def compile_fn(
+    fn: Callable[..., Any], kind: str, device_type: str, dynamic: bool = True
+) -> Callable[..., Any]:
     options = inductor_options(kind, device_type)
-    return torch.compile(fn, fullgraph=True, dynamic=True, options=options)
+    return torch.compile(fn, fullgraph=True, dynamic=dynamic, options=options)
 
 
 def inductor_options(kind: str, device_type: str) -> dict[str, Any]:

@@ -159,16 +159,18 @@ def test_inductor_options_extra_from_environment(monkeypatch):
 
 
 def test_reduce_rows_setting_sums_the_same(monkeypatch):
-    """SIGNIFY_REDUCE_ROWS=C (a benchmark setting) sums whole rows of C first: the same sum
-    to rounding, compiled and eager; a size that is not whole rows takes the plain sum; a
-    bad value is a ValueError naming the setting."""
+    """A large tensor sums whole rows of C (SIGNIFY_REDUCE_ROWS) first: the same sum to
+    rounding, compiled and eager; a size that is not whole rows takes the plain sum; a bad
+    value is a ValueError naming the setting."""
     from signify.transforms import base
 
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(64 * 48, generator=gen)
     odd = torch.randn(64 * 48 + 5, generator=gen)
+    monkeypatch.setattr(base, "REDUCE_ROWS", 0)
     plain = base.total(x)
     monkeypatch.setattr(base, "REDUCE_ROWS", 64)
+    monkeypatch.setattr(base, "REDUCE_MIN_ROWS", 2)
     for fn in (base.total, torch.compile(base.total, fullgraph=True, dynamic=True)):
         torch.testing.assert_close(fn(x), x.double().sum().float(), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(fn(odd), odd.double().sum().float(), rtol=1e-5, atol=1e-4)

@@ -328,3 +328,33 @@ def test_flat_parameters_save_with_torch_and_safetensors(tmp_path):
     st.save_file(rm, str(tmp_path / "m.safetensors"))
     back = st.load_file(str(tmp_path / "m.safetensors"))
     assert all(torch.equal(back[k], v) for k, v in sd.items())
+
+
+def test_each_bucket_compiles_for_its_own_size():
+    """A flat bucket's graph is compiled for the bucket's exact size, one graph per size:
+    a dynamic graph compiled first for a small bucket would step a large one with kernels
+    configured for the small one (a launch configuration, a reduction split). Two groups of
+    different sizes get a graph each, and later steps with a scheduler compile nothing."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(3)
+    small = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(3))]
+    big = [torch.nn.Parameter(torch.randn(40, 8))]
+    opt = signify.Signum(
+        [{"params": small}, {"params": big, "weight_decay": 0.0}],
+        lr=1e-2,
+        flatten=True,
+        compile=True,
+        seed=1,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + s))
+    graphs = []
+    for step in range(4):
+        for p in small + big:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        sched.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    segments = [k for k in opt._executor._compiled if k[0] == "segment"]
+    assert sorted(k[3] for k in segments) == [("flat", (16,)), ("flat", (320,))]  # rows of 16
+    assert graphs[1] == graphs[-1]

@@ -54,24 +54,29 @@ State = dict[str, list[Tensor]]
 
 
 def _reduce_rows() -> int:
-    raw = os.environ.get("SIGNIFY_REDUCE_ROWS", "0")
+    raw = os.environ.get("SIGNIFY_REDUCE_ROWS", "16384")
     if not raw.isdigit():
         raise ValueError(f"SIGNIFY_REDUCE_ROWS must be a non-negative integer, got {raw!r}")
     return int(raw)
 
 
-#: Row length of the two-stage form of whole-tensor sums (`total`); 0: one ``sum()``.
+#: Row length of the two-stage form of large whole-tensor sums (`total`); 0: one ``sum()``.
 REDUCE_ROWS = _reduce_rows()
+#: The fewest rows for which `total` sums rows first.
+REDUCE_MIN_ROWS = 2048
 
 
 def total(x: Tensor) -> Tensor:
-    """The sum of all of ``x``'s elements, a 0-d tensor. With ``SIGNIFY_REDUCE_ROWS=C`` (a
-    benchmark setting) a tensor of at least two whole rows of C sums its rows first, a
-    reduction along contiguous rows that inductor gives one program per row, instead of its
-    split reduction of a long vector. Every whole-tensor sum of one pass must take the same
-    form for inductor to fuse them into one read of the inputs."""
+    """The sum of all of ``x``'s elements, a 0-d tensor. A tensor of at least
+    ``REDUCE_MIN_ROWS`` whole rows of ``REDUCE_ROWS`` elements (``SIGNIFY_REDUCE_ROWS``,
+    default 16384; 0 turns it off) sums its rows first: a reduction along contiguous rows,
+    one program per row, instead of inductor's split reduction of a long vector. Measured on
+    an H100 (docs/stepsize.md): the ALIAS prepass over a 134M-element flat bucket went from
+    1.48 to 1.27 ms a step; on 4M-element tensors (256 rows) it was slower, hence the
+    minimum. Every whole-tensor sum of one pass must take the same form for inductor to
+    fuse them into one read of the inputs."""
     c, n = REDUCE_ROWS, x.numel()
-    if c and n >= 2 * c and n % c == 0:
+    if c and n >= REDUCE_MIN_ROWS * c and n % c == 0:
         return x.reshape(-1, c).sum(1).sum()
     return x.sum()
 

@@ -55,8 +55,8 @@ d)  # after flat buckets compile static and large sums go in two stages; fresh c
   export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
   part ss_final 100 python3 bench/stepsize.py --cases signum alias signum,flat alias,flat --out "$WORK/ss_final"
   part step134d 100 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "Signum $F,SignAdam stochastic $F,SignAdam stochastic $I,StoSignSGD $I" $NOX --no-check --no-cold --out "$WORK/step134d.json"
-  part step350d 120 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "SignAdam stochastic $F,SignAdam stochastic $I" $NOX --no-check --cold-row "SignAdam stochastic $F" --out "$WORK/step350d.json"
   part test_cuda 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  part step350d 120 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "SignAdam stochastic $F,SignAdam stochastic $I" $NOX --no-check --cold-row "SignAdam stochastic $F" --out "$WORK/step350d.json"
   ;;
 esac
 cat "$WORK/parts.txt"; head -3 "$WORK/gpu.txt"

@@ -43,6 +43,14 @@ def random_bits_i32(key: torch.Tensor, n: int, device: torch.device, stream: int
     return _mix_i32(x ^ k2)
 
 
+def _adam(g, m, v, b1, b2, eps, bc1, bc2):  # type: ignore[no-untyped-def]
+    """The new moments and Adam's (numerator, scale), in float32."""
+    gf = g.float()
+    m_new = torch.lerp(m.float(), gf, 1 - b1)
+    v_new = v.float() * b2 + (1 - b2) * gf * gf
+    return m_new, v_new, m_new / bc1, v_new.sqrt() / bc2.sqrt() + eps
+
+
 def _i32(c: int) -> int:
     c &= rng.MASK32
     return c - 2**32 if c >= 2**31 else c
@@ -73,11 +81,7 @@ def _kernel_shared(hash_: str, n_hash: int) -> Callable[..., None]:
 
     def step(p, g, m, v, key, lr, b1, b2, eps, bc1, bc2):  # type: ignore[no-untyped-def]
         n = p.numel()
-        gf = g.float()
-        m_new = torch.lerp(m.float(), gf, 1 - b1)
-        v_new = v.float() * b2 + (1 - b2) * gf * gf
-        a = m_new / bc1
-        s = v_new.sqrt() / bc2.sqrt() + eps
+        m_new, v_new, a, s = _adam(g, m, v, b1, b2, eps, bc1, bc2)
         h1 = bits_fn(key, n, p.device, 1)
         h2 = bits_fn(key, n, p.device, 7)
         if n_hash == 3:
@@ -102,11 +106,7 @@ def _kernel(noise: str, sr: str) -> Callable[..., None]:
 
     def step(p, g, m, v, key, lr, b1, b2, eps, bc1, bc2):  # type: ignore[no-untyped-def]
         n = p.numel()
-        gf = g.float()
-        m_new = torch.lerp(m.float(), gf, 1 - b1)
-        v_new = v.float() * b2 + (1 - b2) * gf * gf
-        a = m_new / bc1
-        s = v_new.sqrt() / bc2.sqrt() + eps
+        m_new, v_new, a, s = _adam(g, m, v, b1, b2, eps, bc1, bc2)
         if noise == "hash64":
             u = rng.uniform_pm1(rng.random_bits(key, n, p.device, 1))
         elif noise == "hash32":

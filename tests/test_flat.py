@@ -349,7 +349,7 @@ def test_each_bucket_compiles_for_its_own_size():
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + s))
     graphs = []
-    for step in range(4):
+    for _ in range(4):
         for p in small + big:
             p.grad = torch.randn_like(p)
         opt.step()

@@ -175,6 +175,12 @@ def test_reduce_rows_setting_sums_the_same(monkeypatch):
         torch.testing.assert_close(fn(x), x.double().sum().float(), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(fn(odd), odd.double().sum().float(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(base.total(x), plain, rtol=1e-5, atol=1e-4)
+    # eager: exactly the two-stage form (which rounds differently from one sum here)
+    two_stage = x.reshape(-1, 64).sum(1).sum()
+    assert torch.equal(base.total(x), two_stage) and not torch.equal(two_stage, x.sum())
+    assert torch.equal(plain, x.sum())
+    monkeypatch.setattr(base, "REDUCE_MIN_ROWS", 64)  # 48 rows: too few
+    assert torch.equal(base.total(x), x.sum())
     for bad in ("-1", "x", "1.5"):
         monkeypatch.setenv("SIGNIFY_REDUCE_ROWS", bad)
         with pytest.raises(ValueError, match="SIGNIFY_REDUCE_ROWS"):

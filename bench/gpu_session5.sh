@@ -13,18 +13,8 @@ DEST=${OUT:-bench/results}
 OUT=$(mktemp -d)
 END=$((SECONDS + ${TOTAL_S:-540}))
 CDT='{"coordinate_descent_tuning": true}'
-part() {  # part NAME SECONDS command...: run if it fits, time-boxed
-  local name=$1 limit=$2; shift 2
-  local left=$((END - SECONDS))
-  if [ "$left" -lt 20 ]; then echo "$name skipped (no time left)" | tee -a "$OUT/parts.txt"; return; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "$name rc=$? ${limit}s box, took $((SECONDS - t0))s" | tee -a "$OUT/parts.txt"
-  mkdir -p "$DEST"; tar czf "$DEST/session5.tgz" -C "$OUT" .
-}
-{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$OUT/gpu.txt" 2>&1
+WORK=$OUT TGZ=session5.tgz
+source bench/gpu_lib.sh
 R134="torch AdamW fused,Signum,Signum [flatten],StoSignSGD,StoSignSGD [flatten],SignAdam stochastic,SignAdam stochastic [flatten],SignAdam stochastic [nonfinite=ignore],SignAdam stochastic [flatten; nonfinite=ignore],SignAdam deterministic,SignAdam deterministic [flatten]"
 R350="torch AdamW fused,Signum,Signum [flatten],SignAdam stochastic,SignAdam stochastic [flatten],SignAdam stochastic [nonfinite=ignore],SignAdam stochastic [flatten; nonfinite=ignore]"
 NOX="--no-variants --no-rng"

@@ -16,18 +16,8 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=. TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_C
 DEST=${OUT:-bench/results}
 WORK=$(mktemp -d)
 END=$((SECONDS + ${TOTAL_S:-540}))
-part() {  # part NAME SECONDS command...: run if it fits, time-boxed
-  local name=$1 limit=$2; shift 2
-  local left=$((END - SECONDS))
-  if [ "$left" -lt 20 ]; then echo "$name skipped (no time left)" | tee -a "$WORK/parts.txt"; return; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
-  echo "$name rc=$? ${limit}s box, took $((SECONDS - t0))s" | tee -a "$WORK/parts.txt"
-  mkdir -p "$DEST"; tar czf "$DEST/session6.tgz" -C "$WORK" .
-}
-{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$WORK/gpu.txt" 2>&1
+TGZ=session6.tgz
+source bench/gpu_lib.sh
 # (The runs of 2026-12-07 also had "@check=fused" rows, commit c66bb56: Signum, StoSignSGD,
 # stochastic and deterministic Adam at 134M, stochastic Adam at 350M.)
 F="[flatten]"; I="[flatten; nonfinite=ignore]"; G="[flatten] @check=graph"

@@ -47,10 +47,7 @@ BF16_ROWS = (
     "StoSignSGD",
     "SignAdam stochastic",
     "SignAdam deterministic",
-    "Signum [flatten]",
-    "StoSignSGD [flatten]",
-    "SignAdam stochastic [flatten]",
-)
+)  # and every flat row
 
 
 # ---------------------------------------------------------------------------- workloads

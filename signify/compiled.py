@@ -9,8 +9,9 @@ Three graph bodies, each built per (chain segment, static settings of a param gr
   instead of a few dozen eager launches;
 * `make_segment`: the elementwise pass of a chain segment, ending in the parameter write.
 
-`compile_fn` compiles one of them with ``dynamic=True`` from a fresh code object, so that
-no two optimizers (or variants) share dynamo's recompile budget.
+`compile_fn` compiles one of them from a fresh code object, so that no two optimizers (or
+variants) share dynamo's recompile budget: with ``dynamic=True``, except a flat bucket's
+graphs, compiled for the bucket's size (`signify.executor._shapes`).
 
 Layouts. The executor hands each graph 1-D tensors. In a "rows" chunk every size is a
 multiple of ``ROW``, and the graph says so first thing (`_rows`), so that Triton can issue

@@ -437,6 +437,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="with --compile-probe: cProfile it")
     ap.add_argument("--warm-runs", type=int, default=3, help="warm fresh-process probes (median)")
     args = ap.parse_args()
+    if args.warm_runs < 1:
+        ap.error(f"--warm-runs must be at least 1, got {args.warm_runs}")
     if args.compile_probe:
         compile_probe(args)
         return

@@ -385,6 +385,10 @@ def cold_warm(args: argparse.Namespace, workload: str, row: str) -> dict[str, An
 ROW_ENV = {
     "check=graph": {"SIGNIFY_FINITE_CHECK": "graph"},
     "check=foreach": {"SIGNIFY_FINITE_CHECK": "foreach"},
+    "realize=8": {"SIGNIFY_REALIZE_THRESHOLD": "8"},
+    "shapes=static": {"SIGNIFY_SHAPES": "static"},
+    "combo=off": {"SIGNIFY_COMBO": "off"},
+    "combo=prepare": {"SIGNIFY_COMBO": "prepare"},
 }
 
 
@@ -495,9 +499,9 @@ def main() -> None:
         ]
         variants += [(f"chunk={c}", {}, int(c)) for c in args.chunks.split(",") if c]
         if device.type == "cuda":
-            variants.append(("combo_kernels", {"SIGNIFY_COMBO": "1"}, args.chunk))
+            variants.append(("no combo kernels", {"SIGNIFY_COMBO": "off"}, args.chunk))
         for label, env, chunk in variants:
-            with env_vars(**env), _combo(env.get("SIGNIFY_COMBO") == "1"):
+            with env_vars(**env):
                 row = safe_measure(name, table[name], ps, device, args, chunk, copy_bw)
             record({"workload": big, "dtype": "fp32", **row, "row": f"{name} [{label}]"})
         del ps
@@ -543,17 +547,6 @@ def main() -> None:
     cols += ["state_B", "peak_MiB", "first_s", "host_ms", "recompiles", "sync"]
     print(f"\ncopy bandwidth {copy_bw / 1e12:.3f} TB/s; {peer_note}")
     print(common.table(results, cols))
-
-
-@contextlib.contextmanager
-def _combo(on: bool) -> Any:
-    if not on:
-        yield
-        return
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(combo_kernels=True):
-        yield
 
 
 def _write(path: str, payload: dict[str, Any]) -> str:

@@ -38,6 +38,8 @@ from .transforms.base import StepContext, Transform, Update, total
 ROW = 16
 LAYOUTS = ("rows", "flat")
 FINITE_CHECKS = ("graph", "foreach")
+SHAPES = ("dynamic", "static")
+COMBO = ("off", "prepare", "all")
 
 
 def env_option(name: str, default: str, allowed: Sequence[str]) -> str:
@@ -81,6 +83,13 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
       it is checked against eager there. ``SIGNIFY_REALIZE_THRESHOLD`` overrides both
       elementwise defaults.
 
+    Combo kernels (GPU): inductor's ``combo_kernels`` launches the independent kernels of a
+    graph (one per tensor of a per-tensor chunk) as one, so a chunk of eight tensors pays
+    one launch and one partly idle last wave instead of eight; the split reductions of a
+    prepass lose their many tiny second-stage kernels. ``SIGNIFY_COMBO``: ``all`` (default),
+    ``prepare`` (the prepass only) or ``off``; a flat bucket's graph has one tensor, so it is
+    unchanged.
+
     ``SIGNIFY_INDUCTOR`` (a JSON object of inductor options, e.g.
     ``{"coordinate_descent_tuning": true}``) adds to the elementwise graphs' settings: the
     benchmarks' switch for trying a setting side by side (docs/performance.md).
@@ -91,7 +100,11 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
     raw = os.environ.get("SIGNIFY_REALIZE_THRESHOLD", default)
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"SIGNIFY_REALIZE_THRESHOLD must be a positive integer, got {raw!r}")
-    return {"realize_opcount_threshold": int(raw), **extra_inductor_options()}
+    opts: dict[str, Any] = {"realize_opcount_threshold": int(raw)}
+    combo = env_option("SIGNIFY_COMBO", "all", COMBO)
+    if device_type == "cuda" and (combo == "all" or (combo == "prepare" and kind == "prepare")):
+        opts["combo_kernels"] = True
+    return {**opts, **extra_inductor_options()}
 
 
 def extra_inductor_options() -> dict[str, Any]:

@@ -105,6 +105,9 @@ class Executor:
         self.finite_check = compiled.env_option(
             "SIGNIFY_FINITE_CHECK", "foreach", compiled.FINITE_CHECKS
         )
+        #: per-tensor chunks' graphs: "dynamic" sizes (one graph per tensor count) or
+        #: "static" (one per set of sizes), from SIGNIFY_SHAPES; flat buckets are always static
+        self.shapes = compiled.env_option("SIGNIFY_SHAPES", "dynamic", compiled.SHAPES)
         self.hyper = HyperCache()
         self._plan: Plan | None = None
         self._plan_key_: Any = None
@@ -466,6 +469,12 @@ class Executor:
             self._compiled[key] = fn
         return fn
 
+    def _static(self, c: Any) -> bool:
+        return c.flat is not None or self.shapes == "static"
+
+    def _shapes(self, c: Any) -> Any:
+        return _shapes(c, self._static(c))
+
     def step(self) -> None:
         opt = self.opt
         active = self.active_params()
@@ -614,12 +623,12 @@ class Executor:
                 mode = "graph" if check else None
                 bad = torch.zeros(1, dtype=torch.float32, device=device)
                 for c, grads, hyper in per_chunk:
-                    pkey: tuple[Any, ...] = ("prepare", c.static, _shapes(c), c.rows, check)
+                    pkey: tuple[Any, ...] = ("prepare", c.static, self._shapes(c), c.rows, check)
                     run = self._compiled.get(pkey) or self._runner(
                         pkey,
                         _maker(compiled.make_prepare, self.chain, c.static, check, c.rows),
                         device,
-                        static=c.flat is not None,
+                        static=self._static(c),
                     )
                     run(c.views, grads, c.states, hyper, c.keys, shared_tensors, bad)
             if check and bad is not None and self.shard_group is not None:
@@ -643,13 +652,13 @@ class Executor:
             # 3. the elementwise pass, segment by segment
             for s in range(len(self.segments)):
                 for c, grads, hyper in per_chunk:
-                    skey: tuple[Any, ...] = ("segment", s, c.static, _shapes(c), c.rows)
+                    skey: tuple[Any, ...] = ("segment", s, c.static, self._shapes(c), c.rows)
                     start, end = self.segments[s]
                     run = self._compiled.get(skey) or self._runner(
                         skey,
                         _maker(compiled.make_segment, self.chain, start, end, c.static, c.rows),
                         device,
-                        static=c.flat is not None,
+                        static=self._static(c),
                     )
                     run(c.views, grads, c.states, hyper, c.keys, ok, shared_tensors)
                 if s + 1 < len(self.segments):
@@ -690,15 +699,18 @@ class Executor:
         return ok  # type: ignore[no-any-return]
 
 
-def _shapes(c: Any) -> Any:
+def _shapes(c: Any, static: bool = False) -> Any:
     """What of a chunk's shapes its graph's key holds: the count of tensors (compiled with
-    dynamic sizes), or a flat bucket's size (compiled for it: inductor picks a kernel's
-    launch configuration and a reduction's split from the sizes it compiles for, and a
-    dynamic graph compiled first for a small bucket, or found in the inductor cache from a
-    run on small shapes, would step a large bucket with those; measured on an H100: flat
-    ALIAS 48.8 ms a step instead of 1.48)."""
+    dynamic sizes), or its sizes when compiled for them (a flat bucket always, per-tensor
+    chunks under ``SIGNIFY_SHAPES=static``): inductor picks a kernel's launch configuration
+    and a reduction's split from the sizes it compiles for, and a dynamic graph compiled
+    first for a small bucket, or found in the inductor cache from a run on small shapes,
+    would step a large bucket with those; measured on an H100: flat ALIAS 48.8 ms a step
+    instead of 1.48."""
     if c.flat is not None:
         return ("flat", tuple(v.numel() for v in c.views))
+    if static:
+        return ("sizes", tuple(v.numel() for v in c.views))
     return len(c.views)
 
 

@@ -185,3 +185,64 @@ def test_reduce_rows_setting_sums_the_same(monkeypatch):
         monkeypatch.setenv("SIGNIFY_REDUCE_ROWS", bad)
         with pytest.raises(ValueError, match="SIGNIFY_REDUCE_ROWS"):
             base._reduce_rows()
+
+
+def test_combo_kernels_setting_per_graph_kind(monkeypatch):
+    """SIGNIFY_COMBO: combo kernels for every elementwise graph on a GPU (default), for the
+    prepass only, or off; never on the CPU (inductor's C++ backend has none) nor in the
+    bookkeeping graph; a bad value is an error naming the variable."""
+    from signify import compiled
+
+    monkeypatch.delenv("SIGNIFY_COMBO", raising=False)
+    monkeypatch.delenv("SIGNIFY_INDUCTOR", raising=False)
+
+    def combo(kind: str, device: str) -> bool:
+        return bool(compiled.inductor_options(kind, device).get("combo_kernels", False))
+
+    assert combo("segment", "cuda") and combo("prepare", "cuda")
+    assert not combo("segment", "cpu") and not combo("bookkeeping", "cuda")
+    monkeypatch.setenv("SIGNIFY_COMBO", "prepare")
+    assert combo("prepare", "cuda") and not combo("segment", "cuda")
+    monkeypatch.setenv("SIGNIFY_COMBO", "off")
+    assert not combo("prepare", "cuda") and not combo("segment", "cuda")
+    monkeypatch.setenv("SIGNIFY_COMBO", "yes")
+    with pytest.raises(ValueError, match="SIGNIFY_COMBO"):
+        compiled.inductor_options("segment", "cuda")
+
+
+@pytest.mark.parametrize("shapes", ["dynamic", "static"])
+def test_per_tensor_graphs_dynamic_or_compiled_for_their_sizes(monkeypatch, shapes):
+    """SIGNIFY_SHAPES: per-tensor chunks share one dynamic-size graph per tensor count
+    (default), or get a graph per set of sizes (static); both step exactly as eager, and a
+    bad value is an error naming the variable."""
+    monkeypatch.setenv("SIGNIFY_SHAPES", shapes)
+    torch.manual_seed(5)
+    a = [torch.randn(48), torch.randn(32)]
+    b = [torch.randn(160), torch.randn(16)]
+    grads = [[torch.randn_like(x) for x in a + b] for _ in range(3)]
+    finals = []
+    for compile_ in (False, True):
+        ps = [torch.nn.Parameter(x.clone()) for x in a + b]
+        opt = signify.Signum(
+            [{"params": ps[:2]}, {"params": ps[2:], "lr": 5e-3}],
+            lr=1e-2,
+            compile=compile_,
+            compile_chunk=2,
+            seed=2,
+        )
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        finals.append([p.detach().clone() for p in ps])
+        if compile_:
+            keys = sorted(k[3] for k in opt._executor._compiled if k[0] == "segment")
+    for e, c in zip(*finals):
+        torch.testing.assert_close(c, e, rtol=0, atol=1e-6)
+    if shapes == "dynamic":
+        assert keys == [2]  # one graph: two tensors, any sizes
+    else:
+        assert keys == [("sizes", (48, 32)), ("sizes", (160, 16))]
+    monkeypatch.setenv("SIGNIFY_SHAPES", "some")
+    with pytest.raises(ValueError, match="SIGNIFY_SHAPES"):
+        signify.Signum([torch.nn.Parameter(torch.randn(4))], lr=1e-2, compile=True)

@@ -174,7 +174,8 @@ def agreement(fns: dict[str, Callable[..., Any]], dev: torch.device) -> dict[str
     acc = {k: torch.zeros(3, device=dev) for k in ("pre_flat", "pre_rows")}
     for k in acc:
         fns[k](g, gp, acc[k])
-    out["pre_rows"] = bool(torch.allclose(acc["pre_rows"], acc["pre_flat"], rtol=1e-5))
+    # a sum of ~5000 terms of size ~1 rounds to ~1e-3 absolute: the dot may be near 0
+    out["pre_rows"] = bool(torch.allclose(acc["pre_rows"], acc["pre_flat"], rtol=1e-5, atol=1e-3))
     for okv in (True, False):
         ok = torch.tensor(okv, device=dev)
         p0, g, gp0 = fresh(), fresh(), fresh()

@@ -389,6 +389,7 @@ ROW_ENV = {
     "shapes=static": {"SIGNIFY_SHAPES": "static"},
     "combo=off": {"SIGNIFY_COMBO": "off"},
     "combo=prepare": {"SIGNIFY_COMBO": "prepare"},
+    "hoist=0": {"SIGNIFY_HOIST": "0"},
 }
 
 

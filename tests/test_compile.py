@@ -246,3 +246,52 @@ def test_per_tensor_graphs_dynamic_or_compiled_for_their_sizes(monkeypatch, shap
     monkeypatch.setenv("SIGNIFY_SHAPES", "some")
     with pytest.raises(ValueError, match="SIGNIFY_SHAPES"):
         signify.Signum([torch.nn.Parameter(torch.randn(4))], lr=1e-2, compile=True)
+
+
+@pytest.mark.parametrize("hoist", ["1", "0"])
+def test_per_step_scalars_are_reduced_once_when_compiled(monkeypatch, hoist):
+    """`once`: eager, the scalars come back unchanged (the same tensors); traced, each goes
+    through a 16-wide maximum (a reduction, so inductor stores it rather than recomputing
+    it per element of its reader) and keeps its exact value and shape; SIGNIFY_HOIST=0
+    leaves the traced graph without it. A signified Adam's traced update reduces its bias
+    corrections the same way."""
+    from signify.transforms.base import once
+
+    monkeypatch.setenv("SIGNIFY_HOIST", hoist)
+    gen = torch.Generator().manual_seed(6)
+    step = torch.randint(1, 50, (), generator=gen).float()
+    beta = torch.rand((1,), generator=gen) * 0.5 + 0.45
+    x = torch.randn(64, generator=gen)
+    ops: list[str] = []
+
+    def backend(gm, example_inputs):  # type: ignore[no-untyped-def]
+        ops.extend(str(n.target) for n in gm.graph.nodes)
+        return gm.forward
+
+    def fn(x, step, beta):  # type: ignore[no-untyped-def]
+        b1, b2 = once([1 - beta**step, (1 - beta**step).sqrt()])
+        return x / b1 + b2, b1, b2
+
+    eager = fn(x, step, beta)
+    xs = [1 - beta**step]
+    assert once(xs)[0] is xs[0]
+    torch._dynamo.reset()
+    traced = torch.compile(fn, backend=backend, fullgraph=True)(x, step, beta)
+    for t, e in zip(traced, eager):
+        assert t.shape == e.shape and torch.equal(t, e)
+    assert any("amax" in o for o in ops) == (hoist == "1"), ops
+
+    ops.clear()
+    from signify import compiled
+
+    def capture(fn, kind, device_type, dynamic=True):  # type: ignore[no-untyped-def]
+        return torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=backend)
+
+    monkeypatch.setattr(compiled, "compile_fn", capture)
+    p = torch.nn.Parameter(torch.randn(32, generator=gen))
+    opt = signify.signify(torch.optim.Adam, stochastic=True)(
+        [p], lr=1e-3, compile=True, nonfinite="ignore"
+    )
+    p.grad = torch.randn(32, generator=gen)
+    opt.step()
+    assert any("amax" in o for o in ops) == (hoist == "1"), ops

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update, up
+from ..transforms.base import State, StepContext, Update, once, up
 from .base import Adapter, lerp, stream
 
 _M, _V, _VMAX = stream("exp_avg"), stream("exp_avg_sq"), stream("max_exp_avg_sq")
@@ -52,13 +52,18 @@ class AdamAdapter(Adapter):
         l2 = not self.decoupled(ctx)
         amsgrad = ctx.flag("amsgrad")
         num, scale = [], []
-        for i in range(len(u.params)):
+        n, steps = len(u.params), state["step"]
+        bc = [1 - beta1**s for s in steps]
+        if self.need_scale:
+            bc += [(1 - beta2**s).sqrt() for s in steps]
+        bc = once(bc)  # computed once per pass, not per element
+        bc1, bc2 = bc[:n], bc[n:]
+        for i in range(n):
             g = self.gradient(u, i, ctx, l2=l2)
-            step = state["step"][i]
             m = state["exp_avg"][i]
             m_new = lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
-            num.append(m_new / (1 - beta1**step))
+            num.append(m_new / bc1[i])
             if self.need_scale:
                 v = state["exp_avg_sq"][i]
                 v_new = up(v) * beta2 + (1 - beta2) * g * g
@@ -67,7 +72,7 @@ class AdamAdapter(Adapter):
                     vmax = state["max_exp_avg_sq"][i]
                     v_new = torch.maximum(up(vmax), v_new)
                     ctx.write(i, vmax, v_new, _VMAX)
-                scale.append(v_new.sqrt() / (1 - beta2**step).sqrt() + eps)
+                scale.append(v_new.sqrt() / bc2[i] + eps)
         u.num = num
         u.scale = scale if self.need_scale else None
         return u, state

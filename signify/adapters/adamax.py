@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update, up
+from ..transforms.base import State, StepContext, Update, once, up
 from .base import Adapter, lerp, stream
 
 _M, _U = stream("exp_avg"), stream("exp_inf")
@@ -47,12 +47,13 @@ class AdamaxAdapter(Adapter):
         beta1, beta2 = ctx.hyper["betas"][0], ctx.hyper["betas"][1]
         eps = ctx.hyper["eps"]
         num, scale = [], []
+        bc1 = once([1 - beta1**s for s in state["step"]])  # once per pass, not per element
         for i in range(len(u.params)):
             g = self.gradient(u, i, ctx)
             m = state["exp_avg"][i]
             m_new = lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
-            num.append(m_new / (1 - beta1 ** state["step"][i]))
+            num.append(m_new / bc1[i])
             if self.need_scale:
                 inf = state["exp_inf"][i]
                 inf_new = torch.maximum(up(inf) * beta2, g.abs() + eps)

@@ -81,6 +81,27 @@ def total(x: Tensor) -> Tensor:
     return x.sum()
 
 
+#: Width of the reduction that `once` goes through: above inductor's
+#: ``unroll_reductions_threshold`` (8), which would turn a narrower one back into pointwise code.
+_ONCE_WIDTH = 16
+
+
+def once(xs: list[Tensor]) -> list[Tensor]:
+    """Per-step scalars (one-element tensors: bias corrections from the step counts and
+    the betas) that a compiled pass computes once, in one small kernel of their own, instead
+    of in every element of the update kernel that reads them. Inductor inlines pointwise work
+    on a 0-d tensor into its consumer, broadcast to the consumer's block: Adam's two ``pow``
+    and a ``sqrt`` ran per element. The maximum of ``_ONCE_WIDTH`` copies of each is a
+    reduction, whose result inductor stores as a buffer; its values are the ``xs`` exactly.
+    Eager code computes each scalar once anyway and takes them unchanged. ``SIGNIFY_HOIST=0``
+    (read when a graph is traced) inlines them again."""
+    if not xs or not torch.compiler.is_compiling() or os.environ.get("SIGNIFY_HOIST") == "0":
+        return xs
+    stacked = torch.stack([x.reshape(()) for x in xs])  # each a single value (0-d or (1,))
+    out = stacked.unsqueeze(-1).expand(len(xs), _ONCE_WIDTH).amax(-1).unbind(0)
+    return [o.reshape(x.shape) for o, x in zip(out, xs)]
+
+
 def up(t: Tensor) -> Tensor:
     """``t`` in the compute precision: float32 for 16-bit types, unchanged for float32/64."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()

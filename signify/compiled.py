@@ -78,9 +78,11 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
       a stochastic AdamW bf16 first step 27-29 s -> 20-22 s on 2 cores.
     * elementwise graphs on a GPU: inductor's default. Threshold 8 measured on an H100
       (bench/results/h100-session3-2026-11-23): 350M cold compile 23.7 -> 18.2 s, stochastic
-      Adam bf16 1.368 -> 1.263 ms, fp32 equal, but its stochastic Adam parameters differed
-      in bits from threshold 30 (whose steps equal eager), so it is not the default until
-      it is checked against eager there. ``SIGNIFY_REALIZE_THRESHOLD`` overrides both
+      Adam bf16 1.368 -> 1.263 ms, fp32 equal. Re-measured on the current build (seventh
+      session, flat, ``nonfinite="ignore"``): no gain left (fp32 1.273 vs 1.270 ms, bf16
+      0.818 vs 0.814), and both thresholds differ from eager in 10 of 526,900 fp32
+      stochastic-Adam parameters after 8 steps (a last-bit difference flips a rare
+      stochastic sign), so the default stays. ``SIGNIFY_REALIZE_THRESHOLD`` overrides both
       elementwise defaults.
 
     Combo kernels (GPU): inductor's ``combo_kernels`` launches the independent kernels of a

@@ -31,13 +31,13 @@ a)
   part step134 150 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "${ROWS:-$R}" --no-variants --no-rng --no-check --no-cold --out "$WORK/step134.json"
   ;;
 b)  # combo kernels (SIGNIFY_COMBO, default all) side by side; 374M; the CUDA tests
-  part ss_all 70 python3 bench/stepsize.py --cases signum alias signum,flat alias,flat --out "$WORK/ss_all"
-  part ss_off 60 env SIGNIFY_COMBO=off python3 bench/stepsize.py --cases signum alias --out "$WORK/ss_off"
   R="Signum,SignAdam stochastic,SignAdam stochastic $P,SignAdam stochastic $P @combo=off,SignAdam deterministic,SignAdam stochastic $I,SignAdam stochastic $I @hoist=0,StoSignSGD $I"
   part step134 120 python3 bench/step.py --workloads 134m --dtypes fp32,bf16 --rows "${ROWS:-$R}" --no-variants --no-rng --no-check --no-cold --out "$WORK/step134.json"
+  part ss_all 70 python3 bench/stepsize.py --cases signum alias signum,flat alias,flat --out "$WORK/ss_all"
+  part ss_off 60 env SIGNIFY_COMBO=off python3 bench/stepsize.py --cases signum alias --out "$WORK/ss_off"
+  part test_cuda 150 env TORCHINDUCTOR_CACHE_DIR="$(mktemp -d)" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
   R="SignAdam stochastic $F,SignAdam stochastic $I,SignAdam stochastic $P,SignAdam stochastic $P @combo=off"
   part step350 170 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "${ROWS350:-$R}" --no-variants --no-rng --no-check --cold-row "SignAdam stochastic $F" --out "$WORK/step350.json"
-  part test_cuda 150 env TORCHINDUCTOR_CACHE_DIR="$(mktemp -d)" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
   part ss_prep 60 env SIGNIFY_COMBO=prepare python3 bench/stepsize.py --cases signum alias --out "$WORK/ss_prep"
   part ss_all2 60 python3 bench/stepsize.py --cases signum alias --out "$WORK/ss_all2"
   ;;

@@ -107,7 +107,10 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
     opts: dict[str, Any] = {"realize_opcount_threshold": int(raw)}
     combo = env_option("SIGNIFY_COMBO", "all", COMBO)
     if device_type == "cuda" and (combo == "all" or (combo == "prepare" and kind == "prepare")):
-        opts["combo_kernels"] = True
+        from torch._inductor import config as inductor_config
+
+        if hasattr(inductor_config, "combo_kernels"):  # an unknown option name is an error
+            opts["combo_kernels"] = True
     return {**opts, **extra_inductor_options()}
 
 

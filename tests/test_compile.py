@@ -295,3 +295,28 @@ def test_per_step_scalars_are_reduced_once_when_compiled(monkeypatch, hoist):
     p.grad = torch.randn(32, generator=gen)
     opt.step()
     assert any("amax" in o for o in ops) == (hoist == "1"), ops
+
+
+@pytest.mark.parametrize("name", ["Adamax", "NAdam", "RAdam"])
+def test_compiled_adapters_with_hoisted_scalars_equal_torch(name):
+    """The adapters whose per-step scalars go through `once` (bias corrections; NAdam's
+    momentum coefficients; RAdam's rectification, which switches on at step 6 with the
+    default betas), compiled with sign=False, step like torch.optim for 8 steps."""
+    cls = getattr(torch.optim, name)
+    gen = torch.Generator().manual_seed(11)
+    x0 = [torch.randn(48, generator=gen), torch.randn(16, 3, generator=gen)]
+    grads = [[torch.randn(x.shape, generator=gen) for x in x0] for _ in range(8)]
+    ref_ps = [torch.nn.Parameter(x.clone()) for x in x0]
+    sig_ps = [torch.nn.Parameter(x.clone()) for x in x0]
+    ref = cls(ref_ps, lr=1e-2, weight_decay=0.01)
+    sig = signify.signify(cls, sign=False)(
+        sig_ps, lr=1e-2, weight_decay=0.01, compile=True, nonfinite="ignore"
+    )
+    assert sig.compiled
+    for gs in grads:
+        for a, b, g in zip(ref_ps, sig_ps, gs):
+            a.grad, b.grad = g.clone(), g.clone()
+        ref.step()
+        sig.step()
+    for a, b in zip(sig_ps, ref_ps):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update, up
+from ..transforms.base import State, StepContext, Update, once, up
 from .base import Adapter, lerp, stream
 
 _M, _V, _MU = stream("exp_avg"), stream("exp_avg_sq"), stream("mu_product")
@@ -56,8 +56,9 @@ class NAdamAdapter(Adapter):
         decay = ctx.hyper["momentum_decay"].double()
         l2 = not ctx.flag("decoupled_weight_decay")
         num, scale = [], []
-        for i in range(len(u.params)):
-            g = self.gradient(u, i, ctx, l2=l2)
+        n = len(u.params)
+        coef: list[Tensor] = []  # per tensor: c_grad, c_avg (and bc2): computed once per pass
+        for i in range(n):
             t = state["step"][i].double()
             mu = b1 * (1.0 - 0.5 * 0.96 ** (t * decay))
             mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * decay))
@@ -65,8 +66,15 @@ class NAdamAdapter(Adapter):
             p_new = (p.double() * mu).float()
             ctx.write(i, p, p_new, _MU)
             p64 = p_new.double()
-            c_grad = ((1.0 - mu) / (1.0 - p64)).float()
-            c_avg = (mu_next / (1.0 - p64 * mu_next)).float()
+            coef.append(((1.0 - mu) / (1.0 - p64)).float())
+            coef.append((mu_next / (1.0 - p64 * mu_next)).float())
+            if self.need_scale:
+                coef.append((1.0 - b2**t).float())
+        coef = once(coef)
+        per = 3 if self.need_scale else 2
+        for i in range(n):
+            g = self.gradient(u, i, ctx, l2=l2)
+            c_grad, c_avg = coef[per * i], coef[per * i + 1]
             m = state["exp_avg"][i]
             m_new = lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
@@ -75,8 +83,7 @@ class NAdamAdapter(Adapter):
                 v = state["exp_avg_sq"][i]
                 v_new = up(v) * beta2 + (1 - beta2) * g * g
                 ctx.write(i, v, v_new, _V)
-                bc2 = (1.0 - b2**t).float()
-                scale.append((v_new / bc2).sqrt() + ctx.hyper["eps"])
+                scale.append((v_new / coef[per * i + 2]).sqrt() + ctx.hyper["eps"])
         u.num = num
         u.scale = scale if self.need_scale else None
         return u, state

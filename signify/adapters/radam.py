@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..transforms.base import State, StepContext, Update, up
+from ..transforms.base import State, StepContext, Update, once, up
 from ..transforms.sign import NoSign
 from .base import Adapter, lerp, stream
 
@@ -78,25 +78,36 @@ class RAdamAdapter(Adapter):
         rho_inf = 2.0 / (1.0 - b2) - 1.0
         l2 = not ctx.flag("decoupled_weight_decay")
         num, scale = [], []
-        for i in range(len(u.params)):
-            g = self.gradient(u, i, ctx, l2=l2)
+        n = len(u.params)
+        # per tensor: the bias correction (and rho_t, the rectification factor), computed
+        # once per pass rather than in float64 for every element
+        coef: list[Tensor] = []
+        for i in range(n):
             t = state["step"][i].double()
+            coef.append((1.0 - b1**t).float())
+            if self.need_scale:
+                bc2 = 1.0 - b2**t
+                rho_t = rho_inf - 2.0 * t * b2**t / bc2
+                rect_sq = (rho_t - 4) * (rho_t - 2) * rho_inf
+                rect_sq = rect_sq / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+                factor = torch.where(rho_t > 5.0, bc2.sqrt() * rect_sq.clamp_min(0).sqrt(), 1.0)
+                coef += [rho_t, factor.float()]
+        coef = once(coef)
+        per = 3 if self.need_scale else 1
+        for i in range(n):
+            g = self.gradient(u, i, ctx, l2=l2)
             m = state["exp_avg"][i]
             m_new = lerp(up(m), g, 1 - beta1)
             ctx.write(i, m, m_new, _M)
-            a = m_new / (1.0 - b1**t).float()
+            a = m_new / coef[per * i]
             num.append(a)
             if not self.need_scale:
                 continue
             v = state["exp_avg_sq"][i]
             v_new = up(v) * beta2 + (1 - beta2) * g * g
             ctx.write(i, v, v_new, _V)
-            bc2 = 1.0 - b2**t
-            rho_t = rho_inf - 2.0 * t * b2**t / bc2
-            rect_sq = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-            rectified = rho_t > 5.0
-            factor = torch.where(rectified, bc2.sqrt() * rect_sq.clamp_min(0).sqrt(), 1.0)
-            sigma = (v_new.sqrt() + ctx.hyper["eps"]) / factor.float()
+            rectified = coef[per * i + 1] > 5.0
+            sigma = (v_new.sqrt() + ctx.hyper["eps"]) / coef[per * i + 2]
             plain = torch.ones_like(a) if self.unit_scale else a.abs()
             scale.append(torch.where(rectified, sigma, plain))
         u.num = num

@@ -38,6 +38,7 @@ reductions before the update), ``exchange`` (a collective between two elementwis
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -97,9 +98,12 @@ def once(xs: list[Tensor]) -> list[Tensor]:
     (read when a graph is traced) inlines them again."""
     if not xs or not torch.compiler.is_compiling() or os.environ.get("SIGNIFY_HOIST") == "0":
         return xs
-    stacked = torch.stack([x.reshape(()) for x in xs])  # each a single value (0-d or (1,))
+    # one value each (0-d or (1,)); mixed float32/float64 stack as float64, which holds
+    # every float32 exactly, and each comes back in its own dtype
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in xs))
+    stacked = torch.stack([x.reshape(()).to(dtype) for x in xs])
     out = stacked.unsqueeze(-1).expand(len(xs), _ONCE_WIDTH).amax(-1).unbind(0)
-    return [o.reshape(x.shape) for o, x in zip(out, xs)]
+    return [o.reshape(x.shape).to(x.dtype) for o, x in zip(out, xs)]
 
 
 def up(t: Tensor) -> Tensor:

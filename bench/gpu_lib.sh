@@ -1,6 +1,11 @@
 # Shared by bench/gpu_session*.sh (sourced): a time-boxed part of a GPU session.
-# Needs WORK (a scratch folder), DEST (where the archive goes), END (the call's deadline in
-# $SECONDS) and TGZ (the archive's name); records GPU and versions in $WORK/gpu.txt.
+# Needs TGZ (the archive's name); takes WORK (a scratch folder), DEST (where the archive goes,
+# default $OUT) and END (the call's deadline in $SECONDS, default TOTAL_S = 540 s from now)
+# where the script set them; records GPU and versions in $WORK/gpu.txt.
+export PYTHONUNBUFFERED=1 PYTHONPATH=.
+DEST=${DEST:-${OUT:-bench/results}}
+WORK=${WORK:-$(mktemp -d)}
+END=${END:-$((SECONDS + ${TOTAL_S:-540}))}
 part() {  # part NAME SECONDS command...: run if it fits, time-boxed; archive after each
   local name=$1 limit=$2; shift 2
   local left=$((END - SECONDS))

@@ -12,10 +12,7 @@
 # it; results copied to $OUT after every part.
 # Usage (GPU machine, repo root):  OUT=/some/dir PARTS=a bash bench/gpu_session6.sh
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=. TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/signify-inductor}
-DEST=${OUT:-bench/results}
-WORK=$(mktemp -d)
-END=$((SECONDS + ${TOTAL_S:-540}))
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/signify-inductor}
 TGZ=session6.tgz
 source bench/gpu_lib.sh
 # (The runs of 2026-12-07 also had "@check=fused" rows, commit c66bb56: Signum, StoSignSGD,

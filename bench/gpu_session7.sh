@@ -11,11 +11,7 @@
 # it; results copied to $OUT after every part.
 # Usage (GPU machine, repo root):  OUT=/some/dir PARTS=a bash bench/gpu_session7.sh
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}
-DEST=${OUT:-bench/results}
-WORK=$(mktemp -d)
-END=$((SECONDS + ${TOTAL_S:-540}))
 TGZ=session7.tgz
 source bench/gpu_lib.sh
 F="[flatten]"; I="[flatten; nonfinite=ignore]"; P="[nonfinite=ignore]"

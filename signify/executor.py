@@ -472,7 +472,7 @@ class Executor:
     def _static(self, c: Any) -> bool:
         return c.flat is not None or self.shapes == "static"
 
-    def _shapes(self, c: Any) -> Any:
+    def _shape_key(self, c: Any) -> Any:
         return _shapes(c, self._static(c))
 
     def step(self) -> None:
@@ -623,7 +623,7 @@ class Executor:
                 mode = "graph" if check else None
                 bad = torch.zeros(1, dtype=torch.float32, device=device)
                 for c, grads, hyper in per_chunk:
-                    pkey: tuple[Any, ...] = ("prepare", c.static, self._shapes(c), c.rows, check)
+                    pkey: tuple[Any, ...] = ("prepare", c.static, self._shape_key(c), c.rows, check)
                     run = self._compiled.get(pkey) or self._runner(
                         pkey,
                         _maker(compiled.make_prepare, self.chain, c.static, check, c.rows),
@@ -652,7 +652,7 @@ class Executor:
             # 3. the elementwise pass, segment by segment
             for s in range(len(self.segments)):
                 for c, grads, hyper in per_chunk:
-                    skey: tuple[Any, ...] = ("segment", s, c.static, self._shapes(c), c.rows)
+                    skey: tuple[Any, ...] = ("segment", s, c.static, self._shape_key(c), c.rows)
                     start, end = self.segments[s]
                     run = self._compiled.get(skey) or self._runner(
                         skey,

@@ -1,8 +1,9 @@
 """Flat buckets (``flatten=True``): one contiguous buffer per bucket, one kernel per pass.
 
 A compiled step otherwise runs one kernel per tensor and pass: each pays a launch and a
-partly idle last wave, which costs 10-30% of the copy bandwidth on models of many
-mid-sized tensors (LLaMA-350M: 219 tensors). With ``flatten=True`` the parameters of one
+partly idle last wave, which cost 10-30% of the copy bandwidth on models of many
+mid-sized tensors (LLaMA-350M: 219 tensors) until inductor's combo kernels (the GPU
+default, `signify.compiled.inductor_options`) merged a chunk's kernels into one launch. With ``flatten=True`` the parameters of one
 param group, device and dtype are re-homed, at their first step, into one buffer: each
 parameter's ``.data`` becomes a view of it (``as_strided`` at its offset, in its own memory
 order, so channels_last weights stay channels_last), and so do its gradient and every

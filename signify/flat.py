@@ -1,15 +1,16 @@
 """Flat buckets (``flatten=True``): one contiguous buffer per bucket, one kernel per pass.
 
 A compiled step otherwise runs one kernel per tensor and pass: each pays a launch and a
-partly idle last wave, which cost 10-30% of the copy bandwidth on models of many
-mid-sized tensors (LLaMA-350M: 219 tensors) until inductor's combo kernels (the GPU
-default, `signify.compiled.inductor_options`) merged a chunk's kernels into one launch.
-With ``flatten=True`` the parameters of one param group, device and dtype are re-homed, at
-their first step, into one buffer: each parameter's ``.data`` becomes a view of it
-(``as_strided`` at its offset, in its own memory order, so channels_last weights stay
-channels_last), and so do its gradient and every per-element state buffer (moments). The executor then hands each compiled pass the whole
-buffer as one 1-D tensor: one kernel per pass, one compiled graph of one tensor (compile
-cost of ``compile_chunk=1``), and a handful of calls per step even without CUDA graphs.
+partly idle last wave, which cost 10-30% of the copy bandwidth on models of many mid-sized
+tensors (LLaMA-350M: 219 tensors) until inductor's combo kernels (the GPU default,
+`signify.compiled.inductor_options`) merged a chunk's kernels into one launch. With
+``flatten=True`` the parameters of one param group, device and dtype are re-homed, at their
+first step, into one buffer: each parameter's ``.data`` becomes a view of it (``as_strided``
+at its offset, in its own memory order, so channels_last weights stay channels_last), and so
+do its gradient and every per-element state buffer (moments). The executor then hands each
+compiled pass the whole buffer as one 1-D tensor: one kernel per pass, one compiled graph of
+one tensor (compile cost of ``compile_chunk=1``), and a handful of calls per step even
+without CUDA graphs.
 
 What it changes, and what the executor checks every step (host work only, no sync):
 

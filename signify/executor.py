@@ -108,6 +108,10 @@ class Executor:
         #: per-tensor chunks' graphs: "dynamic" sizes (one graph per tensor count) or
         #: "static" (one per set of sizes), from SIGNIFY_SHAPES; flat buckets are always static
         self.shapes = compiled.env_option("SIGNIFY_SHAPES", "dynamic", compiled.SHAPES)
+        # read again where graphs are traced (`transforms.base.once`) and compiled
+        # (`compiled.inductor_options`); checked here, before any step
+        compiled.env_option("SIGNIFY_HOIST", "1", ("0", "1"))
+        compiled.env_option("SIGNIFY_COMBO", "all", compiled.COMBO)
         self.hyper = HyperCache()
         self._plan: Plan | None = None
         self._plan_key_: Any = None

@@ -208,6 +208,8 @@ def test_combo_kernels_setting_per_graph_kind(monkeypatch):
     monkeypatch.setenv("SIGNIFY_COMBO", "yes")
     with pytest.raises(ValueError, match="SIGNIFY_COMBO"):
         compiled.inductor_options("segment", "cuda")
+    with pytest.raises(ValueError, match="SIGNIFY_COMBO"):  # at construction, on any device
+        signify.Signum([torch.nn.Parameter(torch.randn(4))], lr=1e-2, compile=True)
 
 
 @pytest.mark.parametrize("shapes", ["dynamic", "static"])
@@ -295,6 +297,9 @@ def test_per_step_scalars_are_reduced_once_when_compiled(monkeypatch, hoist):
     p.grad = torch.randn(32, generator=gen)
     opt.step()
     assert any("amax" in o for o in ops) == (hoist == "1"), ops
+    monkeypatch.setenv("SIGNIFY_HOIST", "yes")
+    with pytest.raises(ValueError, match="SIGNIFY_HOIST"):
+        signify.Signum([torch.nn.Parameter(torch.randn(4))], lr=1e-2, compile=True)
 
 
 @pytest.mark.parametrize("name", ["Adamax", "NAdam", "RAdam"])

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .transforms.base import StepContext, Transform, Update, total
+from .transforms.base import StepContext, Transform, Update, total, up
 
 #: Row length of the "rows" layout: 16 elements, a multiple of every vector width.
 ROW = 16
@@ -158,6 +158,29 @@ def _rows(xs: list[Tensor]) -> None:
             raise ValueError("a rows chunk holds a tensor whose size is not a multiple of 16")
 
 
+def clipped(grads: Sequence[Tensor], coef: Tensor) -> list[Tensor]:
+    """``max_grad_norm``: the gradients times the clip coefficient (a 0-d tensor), rounded to
+    their dtype as ``clip_grad_norm_``'s in-place multiply would be; fused into the pass that
+    reads them, so ``.grad`` itself is left unscaled."""
+    out = []
+    for g in grads:
+        v = up(g) * coef
+        if g.dtype == torch.bfloat16:
+            v = _nearest_bf16(v)
+        out.append(v.to(g.dtype))
+    return out
+
+
+def _nearest_bf16(v: Tensor) -> Tensor:
+    """float32 ``v`` rounded to the nearest bfloat16 (ties to even), still as float32.
+    Written on the bits because inductor drops a ``.to(bfloat16)`` followed by an upcast
+    (on the CPU, 1-2 of 277 bf16 parameters differed from eager in 2 runs of 8);
+    non-finite values pass as they are (their patterns could overflow the addition)."""
+    b = v.view(torch.int32)
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) & -0x10000).view(torch.float32)
+    return torch.where(torch.isfinite(v), r, v)
+
+
 def make_prepare(
     chain: list[Transform],
     static_items: Sequence[tuple[str, Any]],
@@ -167,9 +190,11 @@ def make_prepare(
     users = [i for i, t in enumerate(chain) if t.has_prepare]
     static = dict(static_items)
 
-    def signify_prepare(params, grads, states, hyper, keys, shared, bad):  # type: ignore[no-untyped-def]
+    def signify_prepare(params, grads, states, hyper, keys, shared, bad, clip):  # type: ignore[no-untyped-def]
         if rows:
             _rows(params)
+        if clip is not None:
+            grads = clipped(grads, clip)
         if check_finite:
             for g in grads:
                 bad.add_(total(~torch.isfinite(g)))
@@ -190,9 +215,11 @@ def make_segment(
 ) -> Callable[..., None]:
     static = dict(static_items)
 
-    def signify_segment(params, grads, states, hyper, keys, ok, shared):  # type: ignore[no-untyped-def]
+    def signify_segment(params, grads, states, hyper, keys, ok, shared, clip):  # type: ignore[no-untyped-def]
         if rows:
             _rows(params)
+        if clip is not None:
+            grads = clipped(grads, clip)
         ctx = StepContext(hyper, static, keys, ok, shared)
         u = Update(params=params, grads=grads, lr=hyper["lr"])
         for i, t in enumerate(chain):

@@ -89,6 +89,13 @@ class Executor:
         self.compile = compile
         self.chunk = chunk
         self.nonfinite = nonfinite
+        #: ``max_grad_norm``: the gradients are clipped inside the compiled passes, unless an
+        #: adapter steps the base on the host (run-and-read), which clips ``.grad`` itself
+        norm = opt.options.max_grad_norm
+        self.max_grad_norm = None if norm is None else float(norm)
+        self.clip_in_graph = self.max_grad_norm is not None and not any(
+            getattr(t, "clips_on_host", False) for t in self.chain
+        )
         #: ``flatten=True``: buckets re-homed into one buffer each (`signify.flat`)
         self.flatten = flatten
         if flatten:
@@ -613,10 +620,18 @@ class Executor:
             per_chunk.append((c, grads + c.pad_grads, hypers[(c.group_index, c.device)]))
 
         with compiled.no_duck_shapes():
-            # 1. prepass: non-finite check and global reductions
+            # 1. prepass: gradient norm, non-finite check and global reductions
             check = self.nonfinite == "skip"  # "raise" checked before the step began
             bad: Tensor | None = None
             mode: str | None = None
+            coefs: dict[torch.device, Tensor] = {}
+            if self.clip_in_graph and self.max_grad_norm is not None:
+                total = self._grad_norm(per_chunk, device)
+                # clip_grad_norm_'s coefficient, bit for bit
+                coef = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
+                coefs = {d: coef if d == device else coef.to(d) for d in plan.devices}
+                if check:  # the norm is finite iff every gradient is: it is the check
+                    bad, mode, check = total.reshape(1), "foreach", False
             if check and not self.has_prepare and self.finite_check == "foreach":
                 mode = "foreach"
                 grads_ = [
@@ -624,8 +639,9 @@ class Executor:
                 ]
                 bad = _max_abs(grads_, device)
             elif check or self.has_prepare:
-                mode = "graph" if check else None
-                bad = torch.zeros(1, dtype=torch.float32, device=device)
+                counts = torch.zeros(1, dtype=torch.float32, device=device)
+                if check:
+                    bad, mode = counts, "graph"
                 for c, grads, hyper in per_chunk:
                     pkey: tuple[Any, ...] = ("prepare", c.static, self._shape_key(c), c.rows, check)
                     run = self._compiled.get(pkey) or self._runner(
@@ -634,7 +650,8 @@ class Executor:
                         device,
                         static=self._static(c),
                     )
-                    run(c.views, grads, c.states, hyper, c.keys, shared_tensors, bad)
+                    clip = coefs.get(c.device)
+                    run(c.views, grads, c.states, hyper, c.keys, shared_tensors, counts, clip)
             if check and bad is not None and self.shard_group is not None:
                 # a non-finite entry may sit in one rank's shard: every rank must skip
                 bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
@@ -664,13 +681,32 @@ class Executor:
                         device,
                         static=self._static(c),
                     )
-                    run(c.views, grads, c.states, hyper, c.keys, ok, shared_tensors)
+                    clip = coefs.get(c.device)
+                    run(c.views, grads, c.states, hyper, c.keys, ok, shared_tensors, clip)
                 if s + 1 < len(self.segments):
                     self.chain[self.segments[s][1] - 1].exchange(opt)
             for fb in plan.flats:  # scalars that only the bucket's first tensor carried
                 for dst, src in fb.mirrors:
                     torch._foreach_copy_(dst, src)
         return ok
+
+    def _grad_norm(self, per_chunk: list[Any], device: torch.device) -> Tensor:
+        """The 2-norm of this step's gradients, as ``clip_grad_norm_`` computes it (per-tensor
+        norms, then their norm); over the shards of every rank when sharded."""
+        grads = [g for c, grads, _ in per_chunk for g in grads[: len(grads) - len(c.pad_grads)]]
+        norms = []
+        for d in dict.fromkeys(g.device for g in grads):
+            norms += [
+                n.to(device) for n in torch._foreach_norm([g for g in grads if g.device == d], 2)
+            ]
+        total = (
+            torch.linalg.vector_norm(torch.stack(norms))
+            if norms
+            else torch.zeros((), device=device)
+        )
+        if self.shard_group is not None:
+            total = sharding.norm_everywhere(total, self.shard_group)
+        return total
 
     def _bookkeeping(
         self, plan: Plan, device: torch.device, mode: str | None, bad: Tensor | None

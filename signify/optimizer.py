@@ -34,7 +34,15 @@ from .transforms.sign import NoSign, Sign, StochasticSign
 SCHEMA_VERSION = 1
 _NONFINITE = ("skip", "raise", "ignore")
 #: Options that an instance may override at construction (they do not change the chain).
-RUNTIME_OPTIONS = ("seed", "compile", "compile_chunk", "state_dtype", "nonfinite", "flatten")
+RUNTIME_OPTIONS = (
+    "seed",
+    "compile",
+    "compile_chunk",
+    "state_dtype",
+    "nonfinite",
+    "flatten",
+    "max_grad_norm",
+)
 CHECKED_OPTIONS = ("sign", "stochastic", "scale_beta", *RUNTIME_OPTIONS)
 _STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -52,6 +60,7 @@ class Options:
     state_dtype: torch.dtype | None = None
     nonfinite: str = "skip"
     flatten: bool = False
+    max_grad_norm: float | None = None
     transforms: tuple[Transform, ...] | None = None
     blocks: Any = None
     stepsize: Any = None
@@ -574,6 +583,7 @@ def signify(
     state_dtype: torch.dtype | None = None,
     nonfinite: str = "skip",
     flatten: bool = False,
+    max_grad_norm: float | None = None,
     blocks: Any = None,
     stepsize: Any = None,
     vote: Any = None,
@@ -598,6 +608,10 @@ def signify(
         flatten: keep each param group's parameters (per device and dtype), gradients and
             moments in one buffer, so that a step is one kernel per pass (`signify.flat`:
             the parameters become views of it; elementwise chains only).
+        max_grad_norm: clip the gradients to this total 2-norm inside the step, as
+            ``torch.nn.utils.clip_grad_norm_`` before ``step()`` would, without writing
+            ``.grad``: the norm's read of the gradients is also the non-finite check
+            (docs/reliability.md).
         blocks: block-coordinate updates, e.g. ``"depth"`` (ABSignSGD) or a `Blocks`.
         stepsize: a parameter-free stepsize, e.g. ``"alias"`` or a stepsize transform.
         vote: ``"majority"``, a ``ProcessGroup`` or a `MajorityVote`: 1-bit majority vote.
@@ -617,6 +631,7 @@ def signify(
         state_dtype=state_dtype,
         nonfinite=nonfinite,
         flatten=flatten,
+        max_grad_norm=max_grad_norm,
     )
     chain: tuple[Transform, ...] | None = None
     if transforms is not None:
@@ -649,6 +664,7 @@ def signify(
         state_dtype=state_dtype,
         nonfinite=nonfinite,
         flatten=flatten,
+        max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
         transforms=chain,
         blocks=blocks,
         stepsize=stepsize,
@@ -717,9 +733,11 @@ def check_options(
     state_dtype: Any,
     nonfinite: Any,
     flatten: Any = False,
+    max_grad_norm: Any = None,
 ) -> None:
     """Validate `signify`'s options (TypeError for a wrong type, ValueError for a bad value)."""
     validation.check_bool("flatten", flatten)
+    validation.check_max_grad_norm(max_grad_norm)
     validation.check_bool("sign", sign)
     validation.check_bool("stochastic", stochastic)
     if stochastic and not sign:

@@ -4,7 +4,7 @@ Under ``torch.distributed.fsdp.fully_shard`` every parameter is a ``DTensor`` sh
 dim 0 of a device mesh; its gradient is a DTensor with the same placement (the reduce-scatter
 of the data-parallel gradients has already averaged it). An elementwise step needs nothing
 from other shards, so the executor steps each rank's local shard (`local`) in place, as
-torch.optim does. Three things are not elementwise, and this module supplies them:
+torch.optim does. Four things are not elementwise, and this module supplies them:
 
 * the noise: a shard's random stream is keyed by (tensor, shard index) (`shard_index`), so
   that shards draw independent noise while replicas of one shard (HSDP) draw the same;
@@ -13,6 +13,8 @@ torch.optim does. Three things are not elementwise, and this module supplies the
   rank skips or steps together;
 * reductions over a whole tensor or model (ALIAS's norms): summed over the shard group (the
   stepsize transform's ``reduce="sum"``, chosen automatically for sharded parameters).
+* the gradient norm of ``max_grad_norm``: the squares summed over the shard group
+  (`norm_everywhere`), as FSDP2 users clip with ``clip_grad_norm_``.
 
 Optimizer state keeps torch's layout: buffers shaped like a parameter are DTensors with its
 placement (``torch.zeros_like`` of the parameter), per-tensor scalars plain tensors, so
@@ -113,3 +115,13 @@ def nonfinite_anywhere(bad: Tensor, mode: str | None, group: Any) -> Tensor:
     count = flag.to(torch.float32).reshape(1)
     dist.all_reduce(count, group=group)
     return count
+
+
+def norm_everywhere(local_norm: Tensor, group: Any) -> Tensor:
+    """The 2-norm over every rank's shard from this rank's: the squares summed over
+    ``group`` (one all-reduce of one float per step; NaN or Inf on any rank reaches all)."""
+    import torch.distributed as dist
+
+    sq = local_norm.float().square().reshape(1)
+    dist.all_reduce(sq, group=group)
+    return sq.sqrt().reshape(())

@@ -53,6 +53,18 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_max_grad_norm(value: Any) -> None:
+    """``max_grad_norm``: None (no clipping) or a finite number > 0."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"max_grad_norm must be a positive number or None, got {type(value).__name__} {value!r}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"max_grad_norm must be a finite number > 0, got {value!r}")
+
+
 def _ranges(base: type[torch.optim.Optimizer]) -> dict[str, tuple[float, float, bool]]:
     out = dict(_RANGES)
     for cls, narrower in _BASE_RANGES.items():

@@ -66,6 +66,15 @@ CHAINS: dict[str, tuple[Any, dict[str, Any]]] = {
         lambda: signify.signify(torch.optim.AdamW, stochastic=True, stepsize="alias"),
         {"weight_decay": 0.1, "seed": 5},
     ),
+    # max_grad_norm below the gradients' norm: the norm is summed over the shards
+    "clip_sign_adamw": (
+        lambda: signify.signify(torch.optim.AdamW, max_grad_norm=0.05),
+        {"lr": 1e-2, "weight_decay": 0.1},
+    ),
+    "clip_alias_sgd": (
+        lambda: signify.signify(torch.optim.SGD, stepsize="alias", max_grad_norm=0.05),
+        {"momentum": 0.9},
+    ),
 }
 
 

@@ -78,6 +78,8 @@ SIGNIFY = [
     ("nonfinite-int", lambda: S(SGD, nonfinite=1), TypeError, "nonfinite"),
     ("nonfinite-name", lambda: S(SGD, nonfinite="abort"), ValueError, "nonfinite"),
     ("flatten-str", lambda: S(SGD, flatten="yes"), TypeError, "flatten"),
+    ("max_grad_norm-zero", lambda: S(SGD, max_grad_norm=0.0), ValueError, "max_grad_norm"),
+    ("max_grad_norm-str", lambda: S(SGD, max_grad_norm="1"), TypeError, "max_grad_norm"),
     (
         "flatten-lowmem",
         lambda: S(SGD, flatten=True, stepsize="alias-lowmem"),
@@ -236,6 +238,12 @@ CTOR = [
     ),
     ("runtime-nonfinite", lambda: C(_p(), lr=0.1, nonfinite="x"), ValueError, "nonfinite"),
     ("runtime-flatten", lambda: C(_p(), lr=0.1, flatten=1), TypeError, "flatten"),
+    (
+        "runtime-max_grad_norm",
+        lambda: C(_p(), lr=0.1, max_grad_norm=float("nan")),
+        ValueError,
+        "max_grad_norm",
+    ),
     (
         "runtime-flatten-lowmem",
         lambda: S(SGD, stepsize="alias-lowmem")(_p(), flatten=True),

@@ -127,6 +127,10 @@ def test_no_host_sync_in_steady_state_steps_on_cuda():
         signify.signify(torch.optim.SGD, stepsize="alias")(ps, lr=1.0),
         signify.signify(torch.optim.Adam, stochastic=True)(ps, lr=1e-3, flatten=True),
         signify.signify(torch.optim.SGD, stepsize="alias")(ps, lr=1.0, flatten=True),
+        signify.signify(torch.optim.Adam, stochastic=True)(ps, lr=1e-3, max_grad_norm=1.0),
+        signify.signify(torch.optim.SGD, stepsize="alias")(
+            ps, lr=1.0, flatten=True, max_grad_norm=1.0
+        ),
     ]
     gen = torch.Generator(device=DEV).manual_seed(0)
     for opt in opts:
@@ -196,3 +200,31 @@ def test_bf16_stochastic_rounding_unbiased_on_cuda():
         opt.step()
     moved = 1.0 - p.detach().double().mean()
     assert abs(moved - 8 * lr) < 0.05 * 8 * lr
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_clip_inside_equals_clip_grad_norm_on_cuda(flatten):
+    """``max_grad_norm`` in the compiled step (CUDA graphs replayed: the gradients are
+    refreshed in place) against ``clip_grad_norm_`` then the same compiled step; clipping
+    is active (the unclipped run differs). Compiled kernels may contract a multiply-add
+    differently, so a rare stochastic sign may flip where its argument is within rounding
+    of zero."""
+    shapes = [(256, 64), (64,), (3, 7), (1024,)]
+    runs = {}
+    for mode in ("inside", "outside", "none"):
+        gen = torch.Generator(device=DEV).manual_seed(0)
+        ps = [torch.randn(s, device=DEV, generator=gen).requires_grad_() for s in shapes]
+        extra = {"max_grad_norm": 0.5} if mode == "inside" else {}
+        opt = signify.signify(torch.optim.Adam, stochastic=True)(
+            ps, lr=1e-2, seed=4, flatten=flatten, **extra
+        )
+        for _ in range(8):
+            _grads(ps, gen)
+            if mode == "outside":
+                torch.nn.utils.clip_grad_norm_(ps, 0.5)
+            opt.step()
+        assert bool(opt._executor._plan.flats) == flatten
+        runs[mode] = torch.cat([p.detach().reshape(-1) for p in ps])
+    differ = ((runs["inside"] - runs["outside"]).abs() > 1e-6).float().mean()
+    assert differ < 1e-3, differ
+    assert ((runs["inside"] - runs["none"]).abs() > 1e-6).float().mean() > 0.01

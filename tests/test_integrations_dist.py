@@ -70,7 +70,9 @@ def test_ddp_with_flat_buckets_equals_single_process(ranks):
                 assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["sign_adamw", "alias_sgd", "alias_adam_tensor"])
+@pytest.mark.parametrize(
+    "name", ["sign_adamw", "alias_sgd", "alias_adam_tensor", "clip_sign_adamw", "clip_alias_sgd"]
+)
 def test_fsdp_deterministic_chains_equal_single_process(ranks, name):
     """Sharded parameters (5 and 3 rows over 2 ranks: uneven shards): each rank steps its
     local shard; ALIAS's norms are summed over the shards (reduce='auto' -> 'sum'). The
@@ -85,6 +87,14 @@ def test_fsdp_deterministic_chains_equal_single_process(ranks, name):
     if name == "sign_adamw":  # no cross-shard reduction: bit-identical
         for a, b in zip(ref, ranks[0]["fsdp"][name]["params"]):
             assert torch.equal(a, b)
+
+
+def test_clipping_chains_clip(ranks):
+    """The clipping chains of the FSDP scenario differ from the same chains unclipped (the
+    references), so their equality with the single-process runs covers the sharded norm."""
+    for clipped, plain in (("clip_sign_adamw", "sign_adamw"), ("clip_alias_sgd", "alias_sgd")):
+        a, b = dw.reference(clipped), dw.reference(plain)
+        assert any(not torch.equal(x, y) for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("name", ["stochastic_adam", "stochastic_alias_adamw"])

@@ -40,6 +40,7 @@ SIGNIFY_OPTIONS = (
     "state_dtype",
     "nonfinite",
     "compile_chunk",
+    "max_grad_norm",
 )
 #: Fields of a variant that are not optimizer arguments.
 _META = ("name", "optimizer", "signify", "lr", "grid", "schedule", "warmup")

@@ -31,11 +31,14 @@ class GenericAdapter(Adapter):
     name = "generic"
     has_scale = False
     counters: tuple[str, ...] = ()
+    #: the base steps eagerly on ``.grad``: ``max_grad_norm`` clips it there, in place
+    clips_on_host = True
 
     def __init__(self, base: type[torch.optim.Optimizer]) -> None:
         super().__init__(base)
         self.inner: torch.optim.Optimizer | None = None
         self.nonfinite = "skip"
+        self.max_grad_norm: float | None = None
 
     def bind(self, opt: SignifiedOptimizer) -> None:
         sharding.refuse(
@@ -54,6 +57,7 @@ class GenericAdapter(Adapter):
         groups = [dict(g) for g in opt.param_groups]
         self.inner = self.base(groups)  # type: ignore[call-arg]
         self.nonfinite = opt.options.nonfinite
+        self.max_grad_norm = opt.options.max_grad_norm
 
     def init(self, params: Sequence[Tensor], group: Mapping[str, Any]) -> State:
         return {"delta": [torch.zeros_like(p, dtype=up(p).dtype) for p in params]}
@@ -78,6 +82,10 @@ class GenericAdapter(Adapter):
                 if self.nonfinite == "raise":
                     raise FloatingPointError("non-finite gradient (nonfinite='raise')")
                 return  # the executor skips the step (its own check): nothing may change
+        if self.max_grad_norm is not None:
+            # ``.grad`` is scaled in place here, unlike the fused paths (docs/reliability.md)
+            with_grad = [p for p in params if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(with_grad, self.max_grad_norm)
         chosen = set(params)
         hidden = {}
         for g in inner.param_groups:

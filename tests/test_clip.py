@@ -1,0 +1,251 @@
+"""``max_grad_norm``: gradient clipping inside the step.
+
+The reference is torch itself: ``torch.nn.utils.clip_grad_norm_`` on the gradients, then the
+same signified optimizer without clipping. The fused paths must give the same parameters (bit
+for bit: same norm, same coefficient, same rounding), leave ``.grad`` unscaled, and use the
+norm as the non-finite check (no second read of the gradients). Every comparison also checks
+that clipping changed the result, so a run that ignored the option would fail.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_nonfinite import HostReader, OwnAdadelta
+
+import signify
+from signify import executor as executor_module
+from signify.transforms import Blocks
+from signify.transforms.stepsize_alias import Alias
+
+MAX_NORM = 0.7
+
+
+def _params(dtype=torch.float32):
+    shapes = [(37, 5), (64,), (3, 3, 3), (1,)]
+    return [torch.randn(s, dtype=dtype) for s in shapes]
+
+
+def _grads(ps, t):
+    # alternate large and small gradients: the coefficient changes from step to step, and
+    # a momentum of clipped gradients points elsewhere than one of raw gradients
+    big = 5.0 if t % 2 else 0.02
+    return [torch.randn_like(p) * big for p in ps]
+
+
+def _history(ps, steps):
+    return [_grads(ps, t) for t in range(steps)]
+
+
+def _run(make, ps, history, clip_inside, clip_outside):
+    xs = [p.clone().requires_grad_() for p in ps]
+    opt = make(xs, max_grad_norm=MAX_NORM) if clip_inside else make(xs)
+    for gs in history:
+        for x, g in zip(xs, gs):
+            x.grad = g.clone()
+        if clip_outside:
+            torch.nn.utils.clip_grad_norm_(xs, MAX_NORM)
+        opt.step()
+        if clip_inside and not getattr(opt._adapter, "clips_on_host", False):
+            for x, g in zip(xs, gs):  # the fused paths leave .grad as backward wrote it
+                assert torch.equal(x.grad, g)
+    return [x.detach() for x in xs], opt
+
+
+CASES = {
+    "adam": (torch.optim.Adam, {"lr": 1e-2}, {}),
+    "adamw_stochastic": (torch.optim.AdamW, {"lr": 1e-2, "seed": 4}, {"stochastic": True}),
+    "sgd_momentum": (torch.optim.SGD, {"lr": 1e-2, "momentum": 0.9}, {}),
+    "rmsprop": (torch.optim.RMSprop, {"lr": 1e-2, "seed": 6}, {"stochastic": True}),
+    "sgd_alias": (torch.optim.SGD, {"momentum": 0.9}, {"stepsize": "alias"}),
+    "adam_alias_tensor": (torch.optim.Adam, {}, {"stepsize": Alias(scope="tensor")}),
+    # no adapter, a traceable step; stochastic: its sign of d = update alone would not
+    # show the clipping, the scale of d does
+    "traced_adadelta": (OwnAdadelta, {"lr": 1.0, "seed": 7}, {"stochastic": True}),
+}
+
+
+#: every case eagerly; the compiled graphs (per tensor and flat) for a few, as compiling
+#: costs seconds on the CPU: with a prepass (ALIAS) and without, and the flat buffer
+LAYOUTS = [(c, "eager") for c in sorted(CASES)] + [
+    ("adam", "compiled"),
+    ("sgd_alias", "compiled"),
+    ("adam", "flat"),
+    ("sgd_momentum", "flat"),
+]
+
+
+@pytest.mark.parametrize(("case", "layout"), LAYOUTS)
+def test_clip_inside_equals_clip_grad_norm_then_step(case, layout):
+    base, kw, opts = CASES[case]
+    run_kw = {"compile": layout != "eager", "flatten": layout == "flat", **kw}
+    cls = signify.signify(base, **opts)
+
+    def make(xs, **extra):
+        return cls(xs, **run_kw, **extra)
+
+    ps = _params()
+    hist = _history(ps, 6)
+    got, opt = _run(make, ps, hist, clip_inside=True, clip_outside=False)
+    if case.startswith("traced"):
+        assert opt._adapter.name == "traced"
+    assert (opt._executor._plan.flats != []) == (layout == "flat")
+    want, _ = _run(make, ps, hist, clip_inside=False, clip_outside=True)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    if layout == "eager":  # the same arithmetic in every layout: shown once per case
+        unclipped, _ = _run(make, ps, hist, clip_inside=False, clip_outside=False)
+        assert any(not torch.equal(a, b) for a, b in zip(got, unclipped)), (
+            "clipping changed nothing"
+        )
+
+
+def test_clip_on_the_run_and_read_path_scales_grad_in_place():
+    """An optimizer with no adapter and no traceable step: the base runs eagerly on
+    ``.grad``, which is clipped there in place (documented), with the same result."""
+    # stochastic: the running-max scale of a base without a denominator sees the clipping
+    cls = signify.signify(HostReader, stochastic=True, seed=3)
+    ps = _params()
+    hist = _history(ps, 5)
+    got, opt = _run(cls, ps, hist, clip_inside=True, clip_outside=False)
+    assert opt._adapter.clips_on_host
+    want, _ = _run(cls, ps, hist, clip_inside=False, clip_outside=True)
+    unclipped, _ = _run(cls, ps, hist, clip_inside=False, clip_outside=False)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(got, unclipped))
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_clip_in_bf16_rounds_like_clip_grad_norm(compile_):
+    """bf16 parameters and gradients: torch computes the norms and the coefficient in bf16
+    and rounds the scaled gradient to bf16; the fused path does the same."""
+    cls = signify.signify(torch.optim.SGD)
+
+    def make(xs, **extra):
+        return cls(xs, lr=1e-2, momentum=0.9, compile=compile_, seed=1, **extra)
+
+    ps = _params(torch.bfloat16)
+    hist = _history(ps, 5)
+    got, _ = _run(make, ps, hist, clip_inside=True, clip_outside=False)
+    want, _ = _run(make, ps, hist, clip_inside=False, clip_outside=True)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_norm_is_the_nonfinite_check(monkeypatch, compile_):
+    """With clipping, a NaN gradient skips the step through the norm (no separate max-abs
+    read of the gradients), changes nothing, and the run continues as if it never came."""
+
+    def no_second_read(*a, **k):
+        raise AssertionError("the non-finite check read the gradients a second time")
+
+    monkeypatch.setattr(executor_module, "_max_abs", no_second_read)
+    cls = signify.signify(torch.optim.SGD)
+    ps = _params()
+    xs = [p.clone().requires_grad_() for p in ps]
+    ref = [p.clone().requires_grad_() for p in ps]
+    kw = {"lr": 1e-2, "momentum": 0.9, "seed": 2, "compile": compile_, "max_grad_norm": MAX_NORM}
+    opt, ref_opt = cls(xs, **kw), cls(ref, **kw)
+    for t in range(4):
+        gs = _grads(ps, t)
+        if t == 2:
+            before = [x.detach().clone() for x in xs]
+            state = {k: v.clone() for k, v in opt.state[xs[0]].items() if torch.is_tensor(v)}
+            bad = [g.clone() for g in gs]
+            bad[1].view(-1)[3] = math.nan
+            for x, g in zip(xs, bad):
+                x.grad = g
+            opt.step()
+            assert opt.skipped_steps == 1
+            assert all(torch.equal(a, b) for a, b in zip(before, xs))
+            after = opt.state[xs[0]]
+            assert all(torch.equal(after[k], v) for k, v in state.items())
+        for x, g in zip(xs, gs):
+            x.grad = g.clone()
+        for x, g in zip(ref, gs):
+            x.grad = g.clone()
+        opt.step()
+        ref_opt.step()
+    for a, b in zip(xs, ref):
+        assert torch.equal(a, b)
+
+
+def test_clip_coefficient_changes_without_recompiling():
+    """The coefficient is a 0-d tensor computed on the device: steps with different norms
+    reuse the compiled graphs."""
+    from torch._dynamo.utils import counters
+
+    cls = signify.signify(torch.optim.SGD)
+    ps = _params()
+    xs = [p.clone().requires_grad_() for p in ps]
+    opt = cls(xs, lr=1e-2, momentum=0.9, compile=True, max_grad_norm=MAX_NORM)
+    for t in range(2):
+        for x, g in zip(xs, _grads(ps, t)):
+            x.grad = g
+        opt.step()
+    frames = counters["stats"]["unique_graphs"]
+    for t in range(2, 12):
+        for x, g in zip(xs, _grads(ps, t)):
+            x.grad = g * (t + 1)
+        opt.step()
+    assert counters["stats"]["unique_graphs"] == frames
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (0, ValueError),
+        (-1.0, ValueError),
+        (math.inf, ValueError),
+        (math.nan, ValueError),
+        ("1.0", TypeError),
+        (True, TypeError),
+        (torch.tensor(1.0), TypeError),
+    ],
+)
+def test_bad_max_grad_norm_is_refused_naming_it(value, error):
+    with pytest.raises(error, match="max_grad_norm"):
+        signify.signify(torch.optim.Adam, max_grad_norm=value)
+    cls = signify.signify(torch.optim.Adam)
+    with pytest.raises(error, match="max_grad_norm"):
+        cls([torch.randn(3, requires_grad=True)], max_grad_norm=value)
+
+
+def test_instance_option_overrides_the_class():
+    cls = signify.signify(torch.optim.Adam, max_grad_norm=1.0)
+    assert cls.options.max_grad_norm == 1.0
+    opt = cls([torch.randn(3, requires_grad=True)], max_grad_norm=2)
+    assert opt.options.max_grad_norm == 2 and opt._executor.max_grad_norm == 2.0
+
+
+def test_clip_with_blocks_uses_the_active_blocks_gradients():
+    """With ``blocks=`` the frozen blocks get no ``.grad`` in a training loop, so the norm is
+    over the active block's gradients: what ``clip_grad_norm_(model.parameters())`` gives."""
+    from test_nonfinite import Stack
+
+    runs = []
+    for inside in (True, False):
+        model = Stack(seed=5)
+        cls = signify.signify(torch.optim.SGD, blocks=Blocks("cyclic", switch_every=2))
+        opt = cls(
+            model.named_parameters(),
+            lr=1e-2,
+            momentum=0.9,
+            **({"max_grad_norm": 0.002} if inside else {}),
+        )
+        gen = torch.Generator().manual_seed(9)
+        for _ in range(8):
+            opt.zero_grad()
+            model(torch.randn(16, 4, generator=gen) * 10).backward()
+            assert any(p.grad is None for p in model.parameters())  # frozen blocks
+            if not inside:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.002)
+                assert norm > 0.002  # clipping acts
+            opt.step()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

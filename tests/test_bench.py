@@ -29,6 +29,20 @@ def test_step_bench_cpu_smoke(tmp_path):
     assert "| workload | dtype | row |" in r.stdout.splitlines()[-len(rows) - 2]
 
 
+def test_clip_bench_cpu_smoke(tmp_path):
+    """bench/clip.py --cpu: every row (clip outside and inside, per tensor and flat) steps
+    and stays finite, with the bytes each must move."""
+    out = tmp_path / "clip.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "bench/clip.py", "--cpu", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 6 and all(row["ms"] > 0 and row["finite"] for row in rows.values())
+    assert rows["SignAdam stochastic, max_grad_norm"]["B_param"] == 32
+    assert rows["SignAdam stochastic + clip_grad_norm_"]["B_param"] == 44
+
+
 def test_alias_fusion_bench_cpu_smoke(tmp_path):
     """bench/alias_fusion.py --cpu: every formulation of ALIAS's passes computes what the
     plain one does (applied and skipped steps), and each pass is timed."""

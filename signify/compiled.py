@@ -161,7 +161,8 @@ def _rows(xs: list[Tensor]) -> None:
 def clipped(grads: Sequence[Tensor], coef: Tensor) -> list[Tensor]:
     """``max_grad_norm``: the gradients times the clip coefficient (a 0-d tensor), rounded to
     their dtype as ``clip_grad_norm_``'s in-place multiply would be; fused into the pass that
-    reads them, so ``.grad`` itself is left unscaled."""
+    reads them, so ``.grad`` itself is left unscaled. (fp16 goes through ``.to``, which a
+    compiled graph may skip: there the product keeps float32 precision.)"""
     out = []
     for g in grads:
         v = up(g) * coef

@@ -115,6 +115,15 @@ def rows() -> dict[str, Callable[..., Any]]:
         "Signum [flatten; nonfinite=ignore]": _signify_row(
             signify.Signum, momentum=0.9, flatten=True, nonfinite="ignore"
         ),
+        "SignAdam deterministic [nonfinite=ignore]": _signify_row(
+            S(torch.optim.Adam, nonfinite="ignore")
+        ),
+        "SignAdamax deterministic [flatten; nonfinite=ignore]": _signify_row(
+            S(torch.optim.Adamax, nonfinite="ignore"), flatten=True
+        ),
+        "SignRMSprop deterministic [flatten; nonfinite=ignore]": _signify_row(
+            S(torch.optim.RMSprop, nonfinite="ignore"), flatten=True
+        ),
     }
     return out
 

@@ -90,6 +90,9 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
         seed=args.seed,
         compile=args.compile or None,
         flatten=args.flatten,
+        # clipping inside the step: the same result as clip_grad_norm_ before it, and its
+        # read of the gradients is also the optimizer's non-finite check
+        max_grad_norm=args.clip or None,
     )
     lr = args.lr if args.lr is not None else (1.0 if args.stepsize else 1e-3)
     return cls(groups, lr=lr, **extra)
@@ -153,7 +156,7 @@ def main() -> None:
         with autocast():
             _, loss = model(x, y)
         loss.backward()
-        if args.clip:
+        if args.clip and args.no_sign:  # a signified optimizer clips inside its step
             torch.nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.grad is not None], args.clip
             )

@@ -634,10 +634,7 @@ class Executor:
                     bad, mode, check = total.reshape(1), "foreach", False
             if check and not self.has_prepare and self.finite_check == "foreach":
                 mode = "foreach"
-                grads_ = [
-                    g for c, grads, _ in per_chunk for g in grads[: len(c.views) - len(c.pad_grads)]
-                ]
-                bad = _max_abs(grads_, device)
+                bad = _max_abs(_real_grads(per_chunk), device)
             elif check or self.has_prepare:
                 counts = torch.zeros(1, dtype=torch.float32, device=device)
                 if check:
@@ -693,7 +690,7 @@ class Executor:
     def _grad_norm(self, per_chunk: list[Any], device: torch.device) -> Tensor:
         """The 2-norm of this step's gradients, as ``clip_grad_norm_`` computes it (per-tensor
         norms, then their norm); over the shards of every rank when sharded."""
-        grads = [g for c, grads, _ in per_chunk for g in grads[: len(grads) - len(c.pad_grads)]]
+        grads = _real_grads(per_chunk)
         norms = []
         for d in dict.fromkeys(g.device for g in grads):
             norms += [
@@ -752,6 +749,11 @@ def _shapes(c: Any, static: bool = False) -> Any:
     if static:
         return ("sizes", tuple(v.numel() for v in c.views))
     return len(c.views)
+
+
+def _real_grads(per_chunk: list[Any]) -> list[Tensor]:
+    """The gradients of a step's chunks without the zero padding of full chunks."""
+    return [g for c, grads, _ in per_chunk for g in grads[: len(grads) - len(c.pad_grads)]]
 
 
 def _maker(make: Callable[..., Any], *args: Any) -> Callable[[], Any]:

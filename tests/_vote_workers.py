@@ -39,6 +39,7 @@ INACTIVE_STEP = 3  # tensor 2 has no gradient at this step (the active set chang
 ROBUST = {"d": 20, "n": 2048, "batch": 128, "steps": 100, "lr": 0.05, "momentum": 0.9}
 ADVERSARIES = 3
 TIMEOUT = 3  # seconds, of the group used by the timeout scenario
+CLIP = 2.0  # max_grad_norm of the clipping scenario, below every rank's gradient norm
 
 
 def initial(seed: int) -> list[torch.Tensor]:
@@ -63,14 +64,20 @@ def other_layout(world: int) -> str:
 
 
 def run_exact(
-    group: Any, world: int, zeros: str, layout: str, nonfinite: str, seed: int
+    group: Any,
+    world: int,
+    zeros: str,
+    layout: str,
+    nonfinite: str,
+    seed: int,
+    max_grad_norm: float | None = None,
 ) -> dict[str, Any]:
     rank = dist.get_rank(group)
     params = [torch.nn.Parameter(t.clone()) for t in initial(seed)]
     vote = MajorityVote(group, zeros=zeros, layout=layout)
-    opt = signify.signify(torch.optim.SGD, vote=vote, nonfinite=nonfinite)(
-        params, lr=LR, momentum=MOMENTUM, dampening=MOMENTUM
-    )
+    opt = signify.signify(
+        torch.optim.SGD, vote=vote, nonfinite=nonfinite, max_grad_norm=max_grad_norm
+    )(params, lr=LR, momentum=MOMENTUM, dampening=MOMENTUM)
     stats = []
     for step in range(1, STEPS + 1):
         for p, g in zip(params, gradients(seed, rank, step, world)):
@@ -228,6 +235,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
                 lay = other_layout(w) if layout == "other" else layout
                 key = ("exact", w, zeros, lay, nonfinite)
                 result[key] = run_exact(group, w, zeros, lay, nonfinite, seed=w)
+            result[("clip", w)] = run_exact(group, w, "exact", "auto", "skip", w, CLIP)
             result[("hook", w)] = run_hook(group, "exact" if w == 4 else "dither")
         if rank < 3:
             result["stochastic"] = run_stochastic(groups[3])
@@ -250,14 +258,22 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 # ----------------------------------------------------------------------------- simulation
-def simulate(world: int, zeros: str, nonfinite: str, seed: int) -> list[torch.Tensor]:
+def simulate(
+    world: int, zeros: str, nonfinite: str, seed: int, max_grad_norm: float | None = None
+) -> list[torch.Tensor]:
     """The vote of W workers, in one process, written from the algorithm (float64 momentum,
-    integer vote counts), independent of signify's code."""
+    integer vote counts), independent of signify's code. With ``max_grad_norm`` each worker
+    clips its own gradients (float32, torch's coefficient) before its momentum."""
     x = [t.clone() for t in initial(seed)]
     m: list[list[torch.Tensor | None]] = [[None] * len(SIZES) for _ in range(world)]
     lr = torch.tensor(LR, dtype=torch.float32)
     for step in range(1, STEPS + 1):
         grads = [gradients(seed, r, step, world) for r in range(world)]
+        if max_grad_norm is not None:
+            for r in range(world):
+                norm = torch.stack([g.norm() for g in grads[r] if g is not None]).norm()
+                coef = torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0)
+                grads[r] = [None if g is None else g * coef for g in grads[r]]
         for i in range(len(SIZES)):
             if grads[0][i] is None:
                 continue

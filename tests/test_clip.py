@@ -1,10 +1,11 @@
 """``max_grad_norm``: gradient clipping inside the step.
 
 The reference is torch itself: ``torch.nn.utils.clip_grad_norm_`` on the gradients, then the
-same signified optimizer without clipping. The fused paths must give the same parameters (bit
-for bit: same norm, same coefficient, same rounding), leave ``.grad`` unscaled, and use the
-norm as the non-finite check (no second read of the gradients). Every comparison also checks
-that clipping changed the result, so a run that ignored the option would fail.
+same signified optimizer without clipping. Eager steps must give the same parameters bit for
+bit (same norm, same coefficient, same rounding), compiled ones the eager reference's to the
+summation order of reductions; the fused paths leave ``.grad`` unscaled and use the norm as
+the non-finite check (no second read of the gradients). Each case also shows, eagerly, that
+clipping changed the result, so a run that ignored the option would fail.
 """
 
 from __future__ import annotations

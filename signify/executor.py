@@ -94,7 +94,7 @@ class Executor:
         norm = opt.options.max_grad_norm
         self.max_grad_norm = None if norm is None else float(norm)
         self.clip_in_graph = self.max_grad_norm is not None and not any(
-            getattr(t, "clips_on_host", False) for t in self.chain
+            t.clips_on_host for t in self.chain
         )
         #: ``flatten=True``: buckets re-homed into one buffer each (`signify.flat`)
         self.flatten = flatten

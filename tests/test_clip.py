@@ -49,7 +49,7 @@ def _run(make, ps, history, clip_inside, clip_outside):
         if clip_outside:
             torch.nn.utils.clip_grad_norm_(xs, MAX_NORM)
         opt.step()
-        if clip_inside and not getattr(opt._adapter, "clips_on_host", False):
+        if clip_inside and not opt._adapter.clips_on_host:
             for x, g in zip(xs, gs):  # the fused paths leave .grad as backward wrote it
                 assert torch.equal(x.grad, g)
     return [x.detach() for x in xs], opt

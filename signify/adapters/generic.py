@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ class GenericAdapter(Adapter):
     has_scale = False
     counters: tuple[str, ...] = ()
     #: the base steps eagerly on ``.grad``: ``max_grad_norm`` clips it there, in place
-    clips_on_host = True
+    clips_on_host: ClassVar[bool] = True
 
     def __init__(self, base: type[torch.optim.Optimizer]) -> None:
         super().__init__(base)

@@ -236,6 +236,9 @@ class Transform:
     has_prepare: ClassVar[bool] = False
     #: True when the transform splits the elementwise pass around a collective.
     is_barrier: ClassVar[bool] = False
+    #: True when it runs a base optimizer on ``.grad`` on the host (run-and-read): then
+    #: ``max_grad_norm`` clips ``.grad`` there instead of inside the compiled passes.
+    clips_on_host: ClassVar[bool] = False
 
     #: dtype of floating state buffers (``None``: the parameter's dtype); set by the optimizer
     state_dtype: torch.dtype | None = None

@@ -124,7 +124,7 @@ def check(name: str, device: torch.device, steps: int = 8) -> dict[str, Any]:
         out.append(([p.detach().clone() for p in ps], float(opt.stepsizes()[0]), move, opt))
     (pc, sc, move, opt_c), (pe, se, _, _) = out
     diff = max(float((a - b).abs().max()) for a, b in zip(pc, pe))
-    graph = opt_c._executor._graph
+    graph = opt_c._executor.replay.graph
     return {
         "check_case": name,
         "param_diff_per_move": diff / move if move > 0 else float("nan"),

@@ -25,39 +25,32 @@ that no two optimizers (or variants) share dynamo's recompile budget. Every per-
 lr every step causes no recompile.
 
 Host work. When the set of stepped parameters is the one of the last step, the cached plan
-(aliases of parameters and state, chunk lists) is reused and only gradient aliases are made.
+(aliases of parameters and state, chunk lists; built by `signify.planner`) is reused and only
+gradient aliases are made.
 On CUDA, a compiled chain whose step is pure device work (no collectives, block switches or
 ``nonfinite="raise"``; a stepsize oracle's scalar hooks are allowed, `Transform.graph_safe`)
-is captured as one CUDA graph once the same plan, gradient and optimizer-level tensor
-addresses have repeated for two steps, and replayed while they stay the same: the step then
-costs the host a few dozen microseconds whatever the number of tensors. The capture step
-synchronises once. ``SIGNIFY_CUDA_GRAPHS=0`` turns this off.
+is captured as one CUDA graph (`signify.cudagraphs`) once the same plan, gradient and
+optimizer-level tensor addresses have repeated for two steps, and replayed while they stay
+the same: the step then costs the host a few dozen microseconds whatever the number of
+tensors. The capture step synchronises once. ``SIGNIFY_CUDA_GRAPHS=0`` turns this off.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from . import compiled, rng, sharding
-from .flat import FlatBucket, check_chain, home
-from .planning import (
-    Bucket,
-    Chunk,
-    HyperCache,
-    Plan,
-    alias,
-    aliases_of_state,
-    dim_order,
-    powers_of_two,
-)
+from . import compiled, gradcheck, rng, sharding
+from .cudagraphs import GraphReplay
+from .flat import check_chain
+from .planner import Planner, overrides
+from .planning import HyperCache, Plan, alias, powers_of_two
 from .sharding import local
-from .transforms.base import State, Transform, freeze_static
+from .transforms.base import Transform
 
 if TYPE_CHECKING:
     from .optimizer import SignifiedOptimizer
@@ -65,11 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "HyperCache", "powers_of_two"]
 
 _HOOKS = ("select", "before_step", "finalize", "exchange", "after_step")
-#: The non-finite check reads max |g| per tensor: non-finite exactly when an entry is. (An L1
-#: norm overflows for finite gradients: a 200k-entry fp16 gradient of 0.5s sums past 65504.)
-_MAX_ABS = float("inf")
-#: steps whose gradients moved (nothing else changed, no replay in between) before the hint
-_MOVED_WARN = 8
 
 
 class Executor:
@@ -100,8 +88,6 @@ class Executor:
         self.flatten = flatten
         if flatten:
             check_chain(self.chain)
-        self._homes: dict[tuple[Any, ...], FlatBucket] = {}
-        self._warned_flat = False
         #: "rows" or "flat" (module docstring), from SIGNIFY_LAYOUT; rows when compiling
         self.layout = compiled.env_option(
             "SIGNIFY_LAYOUT", "rows" if compile else "flat", compiled.LAYOUTS
@@ -139,12 +125,19 @@ class Executor:
                 start = i
         self.segments.append((start, len(self.chain)))
         self.has_prepare = any(t.has_prepare for t in self.chain)
-        self._hooks = {name: [t for t in self.chain if _overrides(t, name)] for name in _HOOKS}
-        self._static_hooks = [t for t in self.chain if hasattr(t, "static_items")]
-        self._probe: dict[tuple[int, Any], Any] = {}
+        self._hooks = {name: [t for t in self.chain if overrides(t, name)] for name in _HOOKS}
         # Padding to full chunks is safe when no transform looks across tensors.
         self.pad = compile and not any(
-            t.has_prepare or t.is_barrier or _overrides(t, "plan") for t in self.chain
+            t.has_prepare or t.is_barrier or overrides(t, "plan") for t in self.chain
+        )
+        self.planner = Planner(
+            opt,
+            self.chain,
+            compile=compile,
+            chunk=chunk,
+            pad=self.pad,
+            layout=self.layout,
+            flatten=flatten,
         )
         #: whether CUDA graphs may be used at all; `capturable` adds what can change per step
         self.graphs = (
@@ -157,12 +150,7 @@ class Executor:
         self._host_hooked = list(
             dict.fromkeys(self._hooks["before_step"] + self._hooks["finalize"])
         )
-        self._graph: Any = None  # (signature, torch.cuda.CUDAGraph, ok tensor, replays)
-        self._last_sig: Any = None
-        self._streak = 0
-        self._wasted = 0
-        self._moved = 0
-        self._warned_moved = False
+        self.replay = GraphReplay()
 
     # ------------------------------------------------------------------ planning
     def invalidate(self, forget_homes: bool = False) -> None:
@@ -170,296 +158,12 @@ class Executor:
         ``forget_homes`` the flat buckets too (`signify.flat.unflatten`)."""
         self._plan = None
         self._plan_key_ = None
-        self._graph = None
+        self.replay.forget()
         if forget_homes:
-            self._homes.clear()
-
-    def static(self, group: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-        """The compile-time settings of a group: `freeze_static`, plus what transforms with
-        a ``static_items(group)`` method add (values an adapter had to bake into a graph)."""
-        out = freeze_static(group)
-        for t in self._static_hooks:
-            out = out + tuple(t.static_items(group))  # type: ignore[attr-defined]
-        return out
-
-    def active_params(self) -> list[list[Tensor]]:
-        active = []
-        for gi, group in enumerate(self.opt.param_groups):
-            ps = [p for p in group["params"] if p.grad is not None]
-            for t in self._hooks["select"]:
-                ps = t.select(gi, ps)
-            for p in ps:
-                if p.grad is not None and p.grad.is_sparse:
-                    raise ValueError("sparse gradients are not supported by signify")
-            active.append(ps)
-        return active
-
-    def _state_keys(self, t: Transform, group: dict[str, Any]) -> tuple[str, ...]:
-        """The per-parameter state keys ``t`` creates for ``group`` (probed once)."""
-        key = (id(t), self.static(group))
-        keys = self._probe.get(key)
-        if keys is None:
-            keys = self._probe[key] = tuple(t.init([torch.empty(0, device="meta")], group))
-        return keys  # type: ignore[no-any-return]
-
-    def _ensure_state(self, active: list[list[Tensor]]) -> None:
-        """Create missing per-parameter state."""
-        opt = self.opt
-        for gi, ps in enumerate(active):
-            if not ps:
-                continue
-            group = opt.param_groups[gi]
-            for t in self.chain:
-                probe = self._state_keys(t, group)
-                if not probe:
-                    continue
-                keys = [t.state_prefix + k for k in probe]
-                missing = [p for p in ps if any(k not in opt.state[p] for k in keys)]
-                if not missing:
-                    continue
-                fresh = t.init(missing, group)
-                for k, values in fresh.items():
-                    for p, v in zip(missing, values):
-                        opt.state[p].setdefault(t.state_prefix + k, v)
+            self.planner.homes.clear()
 
     def _plan_key(self, active: list[list[Tensor]]) -> Any:
-        opt = self.opt
-        groups = opt.param_groups
-        # a parameter whose .data was replaced (model.to(...)): the plan's aliases are stale
-        if self.shard_group is None:
-            ptrs = tuple(p.data_ptr() for ps in active for p in ps)  # 0.1 us a tensor
-        else:
-            ptrs = tuple(local(p).data_ptr() for ps in active for p in ps)
-        return (
-            tuple((tuple(map(id, ps)), self.static(g)) for ps, g in zip(active, groups)),
-            ptrs,
-            id(opt.state),
-            len(opt.state),
-        )
-
-    def _build_plan(self, active: list[list[Tensor]]) -> Plan:
-        opt = self.opt
-        position = {p: i for i, p in enumerate(opt.all_params())}
-        plan = Plan([], [], [], [])
-        for gi, ps in enumerate(active):
-            if not ps:
-                continue
-            group = opt.param_groups[gi]
-            static = self.static(group)
-            key_lists = [self._state_keys(t, group) for t in self.chain]
-            by_kind: dict[tuple[Any, ...], list[Tensor]] = {}
-            for p in ps:
-                kind = (p.device, p.dtype, p.grad.dtype if p.grad is not None else None)
-                by_kind.setdefault(kind, []).append(p)
-            for (device, dtype, _), bps in by_kind.items():
-                if device not in plan.devices:
-                    plan.devices.append(device)
-                fb = self._flat(gi, group, device, dtype, bps) if self.flatten else None
-                if fb is not None:
-                    plan.flats.append(fb)
-                    bucket = self._flat_bucket(gi, group, fb, key_lists, static, position)
-                else:
-                    bucket = self._bucket(gi, group, bps, key_lists, static, device, position)
-                plan.buckets.append(bucket)
-                for t in self.chain:
-                    for name in t.counters:
-                        plan.counters.extend(opt.state[p][t.state_prefix + name] for p in bps)
-                for chunk in plan.buckets[-1].chunks:
-                    plan.grad_params.extend(chunk.params)
-                    plan.counters.extend(chunk.pad_counters)
-        return plan
-
-    def _flat(
-        self, gi: int, group: dict[str, Any], device: torch.device, dtype: Any, bps: list[Tensor]
-    ) -> FlatBucket | None:
-        """The flat bucket of these parameters, re-homed if needed; None when this step must
-        run per tensor (a parameter of the bucket has no gradient, step counters disagree,
-        per-tensor scalar state, sharded parameters)."""
-        if self.shard_group is not None:
-            return None
-        members = [  # frozen parameters (requires_grad=False) stay out of the buffer
-            p
-            for p in group["params"]
-            if p.device == device and p.dtype == dtype and p.requires_grad
-        ]
-        if list(map(id, members)) != list(map(id, bps)) or not members:
-            return None
-        opt = self.opt
-        keys: list[str] = []  # per-element state, re-homed into the bucket's buffers
-        scalars: list[str] = []  # per-tensor scalars (counters, NAdam's mu_product)
-        mirrored: list[str] = []  # the scalars no counter update reaches: copied after a step
-        for t in self.chain:
-            for k in self._state_keys(t, group):
-                full = t.state_prefix + k
-                vals = [opt.state[p][full] for p in members]
-                if k in t.counters:
-                    scalars.append(full)
-                elif all(v.shape == p.shape for v, p in zip(vals, members)):
-                    keys.append(full)
-                elif all(v.numel() == 1 for v in vals):
-                    scalars.append(full)
-                    mirrored.append(full)
-                else:
-                    if not self._warned_flat:
-                        self._warned_flat = True
-                        warnings.warn(
-                            f"signify: flatten=True, but the state {full!r} is neither per "
-                            "element nor a scalar: stepping per tensor",
-                            stacklevel=4,
-                        )
-                    return None
-        for k in scalars:  # the first parameter's scalar serves the bucket: must agree (sync)
-            vals_ = torch.stack([opt.state[p][k].reshape(()).double() for p in members])
-            if not bool((vals_ == vals_[0]).all()):
-                if not self._warned_flat:
-                    self._warned_flat = True
-                    warnings.warn(
-                        f"signify: flatten=True, but the bucket's tensors disagree on {k!r} "
-                        "(a step ran without some of their gradients): stepping per tensor",
-                        stacklevel=4,
-                    )
-                return None
-        hkey = (gi, device, dtype)
-        fb = self._homes.get(hkey)
-        if fb is None or list(map(id, fb.params)) != list(map(id, members)) or not fb.homed():
-            fb = self._homes[hkey] = home(members)
-        fb.bind_state(opt, keys)
-        fb.mirrors = [
-            (
-                [opt.state[p][k] for p in members[1:]],
-                [opt.state[members[0]][k]] * (len(members) - 1),
-            )
-            for k in mirrored
-            if len(members) > 1
-        ]
-        return fb
-
-    def _flat_bucket(
-        self,
-        gi: int,
-        group: dict[str, Any],
-        fb: FlatBucket,
-        key_lists: list[tuple[str, ...]],
-        static: tuple[tuple[str, Any], ...],
-        position: dict[Tensor, int],
-    ) -> Bucket:
-        """A bucket of one chunk holding one tensor: the whole flat buffer."""
-        opt, first = self.opt, fb.params[0]
-        states: list[State] = []
-        for t, keys in zip(self.chain, key_lists):
-            st: State = {}
-            for k in keys:
-                full = t.state_prefix + k
-                view = fb.state_views.get(full)
-                st[k] = [view if view is not None else alias(opt.state[first][full])]
-            st.update(t.plan(fb.params, gi))  # stepsize oracles: one slot for the bucket
-            states.append(st)
-        device = fb.p.device
-        tensor_keys = torch.tensor(
-            [rng.tensor_key(position[first], 0)], dtype=torch.int64, device=device
-        )
-        step_keys = torch.zeros_like(tensor_keys, dtype=torch.int32)
-        rows = self.layout == "rows"
-        chunk = Chunk(
-            gi, list(fb.params), [], [fb.p_view], [], [], states, step_keys, static, device, rows
-        )
-        chunk.flat = fb
-        return Bucket(device, tensor_keys, step_keys, [chunk])
-
-    def _bucket(
-        self,
-        gi: int,
-        group: dict[str, Any],
-        bps: list[Tensor],
-        key_lists: list[tuple[str, ...]],
-        static: tuple[tuple[str, Any], ...],
-        device: torch.device,
-        position: dict[Tensor, int],
-    ) -> Bucket:
-        """Chunks of one bucket: the rows lane (sizes multiples of ROW) first, then the rest,
-        so that every chunk is of one layout."""
-        rows = self.layout == "rows"
-        fits = [rows and p.numel() % compiled.ROW == 0 for p in bps]
-        lanes = [[p for p, f in zip(bps, fits) if f], [p for p, f in zip(bps, fits) if not f]]
-        pieces: list[tuple[list[Tensor], int, bool]] = []  # (params, padding, rows)
-        for lane, lane_ps in enumerate(lanes):
-            if not lane_ps:
-                continue
-            if not self.compile:
-                sizes = [len(lane_ps)]
-            elif self.pad:
-                sizes = [self.chunk] * (len(lane_ps) // self.chunk)
-                if len(lane_ps) % self.chunk:
-                    sizes.append(len(lane_ps) % self.chunk)
-            else:
-                sizes = powers_of_two(len(lane_ps), self.chunk)
-            offset = 0
-            for n in sizes:
-                padding = self.chunk - n if self.pad and self.compile else 0
-                pieces.append((lane_ps[offset : offset + n], padding, lane == 0 and rows))
-                offset += n
-        # Keys follow the global position (padding after every parameter), so a tensor's
-        # noise does not depend on how it is chunked.
-        keys = []
-        for cps, padding, _ in pieces:
-            keys += [rng.tensor_key(position[p], sharding.shard_index(p)) for p in cps]
-            keys += [rng.tensor_key(len(position) + len(keys) + i) for i in range(padding)]
-        tensor_keys = torch.tensor(keys, dtype=torch.int64, device=device)
-        step_keys = torch.zeros_like(tensor_keys, dtype=torch.int32)
-        chunks, start = [], 0
-        for cps, padding, as_rows in pieces:
-            c = self._chunk(gi, group, cps, padding, key_lists, static, device, as_rows)
-            n = len(cps) + padding
-            c.keys = step_keys.new_empty(0).set_(step_keys.untyped_storage(), start, (n,), (1,))
-            chunks.append(c)
-            start += n
-        return Bucket(device, tensor_keys, step_keys, chunks)
-
-    def _chunk(
-        self,
-        gi: int,
-        group: dict[str, Any],
-        cps: list[Tensor],
-        padding: int,
-        key_lists: list[tuple[str, ...]],
-        static: tuple[tuple[str, Any], ...],
-        device: torch.device,
-        rows: bool,
-    ) -> Chunk:
-        opt = self.opt
-        orders = [dim_order(local(p)) for p in cps]
-        like = cps[0]
-        pads = [torch.zeros(compiled.ROW, dtype=like.dtype, device=device) for _ in range(padding)]
-        pad_grads = [
-            torch.zeros(compiled.ROW, dtype=like.grad.dtype, device=device)  # type: ignore[union-attr]
-            for _ in range(padding)
-        ]
-        states: list[State] = []
-        pad_counters: list[Tensor] = []
-        for t, keys in zip(self.chain, key_lists):
-            st: State = {}
-            pad_state = t.init(pads, group) if pads and keys else {}
-            for k in keys:
-                st[k] = aliases_of_state(opt, cps, orders, t.state_prefix + k)
-                st[k] += [alias(v) for v in pad_state.get(k, [])]
-            for name in t.counters:
-                pad_counters += pad_state.get(name, [])
-            st.update(t.plan(cps, gi))
-            states.append(st)
-        views = [alias(local(p.data), o) for p, o in zip(cps, orders)] + pads
-        return Chunk(
-            gi,
-            cps,
-            orders,
-            views,
-            pad_grads,
-            pad_counters,
-            states,
-            torch.empty(0),
-            static,
-            device,
-            rows,
-        )
+        return self.planner.key(active, self.shard_group is not None)
 
     # ------------------------------------------------------------------ running
     def _runner(
@@ -487,25 +191,25 @@ class Executor:
         return _shapes(c, self._static(c))
 
     def step(self) -> None:
-        opt = self.opt
-        active = self.active_params()
+        opt, planner = self.opt, self.planner
+        active = planner.active_params()
         if not any(active):
             return
         if self.nonfinite == "raise":
             self._raise_if_nonfinite(active)  # before anything (state included) changes
         key = self._plan_key(active)
         if self._plan is None or key != self._plan_key_:
-            self._ensure_state(active)  # before the hooks: the run-and-read path fills it
+            planner.ensure_state(active)  # before the hooks: the run-and-read path fills it
         for t in self._hooks["before_step"]:
             t.before_step(opt, active)
         if self._hooks["before_step"]:
             key = self._plan_key(active)  # hooks may have dropped or moved state
         if self._plan is None or key != self._plan_key_:
-            self._ensure_state(active)
-            self._plan = self._build_plan(active)
+            planner.ensure_state(active)
+            self._plan = planner.build(active, self.shard_group is not None)
             self._plan_key_ = self._plan_key(active)
             self.shard_group = sharding.shard_group(opt.all_params())
-            self._graph = None
+            self.replay.forget()
         plan = self._plan
         for fb in plan.flats:
             fb.bind_grads()  # gradients allocated anew are copied in (before the signature)
@@ -534,16 +238,16 @@ class Executor:
         """Whether this step may run as a CUDA graph: pure device work, with the host hooks
         of stepsize oracles allowed when they say so (`Transform.graph_safe`: no
         all-reduce)."""
-        return self.graphs and all(t.graph_safe() for t in self._host_hooked)
+        return (
+            self.graphs
+            and not self.replay.failed
+            and all(t.graph_safe() for t in self._host_hooked)
+        )
 
     def _raise_if_nonfinite(self, active: list[list[Tensor]]) -> None:
-        """``nonfinite="raise"``: one host sync (documented) on the gradients' max-abs norms."""
+        """``nonfinite="raise"``: one host sync (documented), before anything changes."""
         grads = [local(p.grad) for ps in active for p in ps if p.grad is not None]
-        bad, mode = _max_abs(grads), "foreach"
-        if self.shard_group is not None:  # every rank of a sharded step raises together
-            bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
-        flag = ~torch.isfinite(bad).all() if mode == "foreach" else (bad != 0).any()
-        if bool(flag):
+        if not gradcheck.all_finite(grads, self.shard_group):
             raise FloatingPointError("non-finite gradient (nonfinite='raise')")
 
     def _graphed_step(self, plan: Plan, hypers: dict[Any, dict[str, Tensor]]) -> None:
@@ -559,49 +263,7 @@ class Executor:
                 v.data_ptr() for d in shared.values() for v in d.values() if isinstance(v, Tensor)
             ),
         )
-        graph = self._graph
-        if graph is not None and graph[0] == sig:
-            graph[1].replay()
-            graph[3] += 1
-            self._moved = 0  # the replay works: moves now and then are no cause to warn
-            self.ok = graph[2]
-            return
-        if graph is not None and graph[3] < 2:
-            self._wasted += 1  # captured, then moved before it paid off
-        self._graph = None
-        last = self._last_sig
-        self._streak = self._streak + 1 if sig == last else 0
-        if last is not None and sig != last and sig[0] == last[0] and sig[2:] == last[2:]:
-            self._moved += 1  # only the gradients' addresses changed
-            if self._moved == _MOVED_WARN and not self._warned_moved:
-                self._warned_moved = True
-                warnings.warn(
-                    "signify: the gradients move to new addresses every step (zero_grad with "
-                    "set_to_none=True), so the compiled step cannot replay as a CUDA graph and "
-                    "pays its host overhead; call opt.zero_grad(set_to_none=False) to keep "
-                    "them in place (docs/performance.md)",
-                    stacklevel=3,
-                )
-        self._last_sig = sig
-        if self._streak < 2 or self._wasted >= 3:
-            self.ok = self._run(plan, hypers)
-            return
-        cuda_graph = torch.cuda.CUDAGraph()
-        try:
-            # Synchronises once; records without running. thread_local: other threads'
-            # CUDA work (a data loader's copies) does not invalidate the capture.
-            with torch.cuda.graph(cuda_graph, capture_error_mode="thread_local"):
-                ok = self._run(plan, hypers)
-        except RuntimeError as e:  # something in the chain cannot be captured: run plainly
-            self.graphs = False
-            warnings.warn(
-                f"signify: CUDA graph capture failed, stepping without ({e})", stacklevel=3
-            )
-            self.ok = self._run(plan, hypers)
-            return
-        cuda_graph.replay()
-        self._graph = [sig, cuda_graph, ok, 0]
-        self.ok = ok
+        self.ok = self.replay.step(sig, lambda: self._run(plan, hypers))
 
     def _run(self, plan: Plan, hypers: dict[Any, dict[str, Tensor]]) -> Tensor | None:
         opt = self.opt
@@ -626,7 +288,7 @@ class Executor:
             mode: str | None = None
             coefs: dict[torch.device, Tensor] = {}
             if self.clip_in_graph and self.max_grad_norm is not None:
-                total = self._grad_norm(per_chunk, device)
+                total = gradcheck.grad_norm(_real_grads(per_chunk), device, self.shard_group)
                 # clip_grad_norm_'s coefficient, bit for bit
                 coef = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
                 coefs = {d: coef if d == device else coef.to(d) for d in plan.devices}
@@ -634,7 +296,7 @@ class Executor:
                     bad, mode, check = total.reshape(1), "foreach", False
             if check and not self.has_prepare and self.finite_check == "foreach":
                 mode = "foreach"
-                bad = _max_abs(_real_grads(per_chunk), device)
+                bad = gradcheck.max_abs(_real_grads(per_chunk), device)
             elif check or self.has_prepare:
                 counts = torch.zeros(1, dtype=torch.float32, device=device)
                 if check:
@@ -686,24 +348,6 @@ class Executor:
                 for dst, src in fb.mirrors:
                     torch._foreach_copy_(dst, src)
         return ok
-
-    def _grad_norm(self, per_chunk: list[Any], device: torch.device) -> Tensor:
-        """The 2-norm of this step's gradients, as ``clip_grad_norm_`` computes it (per-tensor
-        norms, then their norm); over the shards of every rank when sharded."""
-        grads = _real_grads(per_chunk)
-        norms = []
-        for d in dict.fromkeys(g.device for g in grads):
-            norms += [
-                n.to(device) for n in torch._foreach_norm([g for g in grads if g.device == d], 2)
-            ]
-        total = (
-            torch.linalg.vector_norm(torch.stack(norms))
-            if norms
-            else torch.zeros((), device=device)
-        )
-        if self.shard_group is not None:
-            total = sharding.norm_everywhere(total, self.shard_group)
-        return total
 
     def _bookkeeping(
         self, plan: Plan, device: torch.device, mode: str | None, bad: Tensor | None
@@ -758,23 +402,3 @@ def _real_grads(per_chunk: list[Any]) -> list[Tensor]:
 
 def _maker(make: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     return lambda: make(*args)
-
-
-def _overrides(t: Transform, name: str) -> bool:
-    return getattr(type(t), name) is not getattr(Transform, name)
-
-
-def env_chunk(default: int = 8) -> int:
-    return int(os.environ.get("SIGNIFY_COMPILE_CHUNK", default))
-
-
-def _max_abs(grads: list[Tensor], device: torch.device | None = None) -> Tensor:
-    """Max |g| of each non-empty gradient, stacked in the widest dtype (no cast overflows
-    to inf). Empty gradients hold no non-finite value and have no infinity norm (torch
-    raises on them): they are left out; with none left, a single 0."""
-    if device is None and grads:
-        device = grads[0].device
-    grads = [g for g in grads if g.numel() > 0]
-    if not grads:
-        return torch.zeros(1, device=device)
-    return torch.stack(torch._foreach_norm(grads, _MAX_ABS))  # type: ignore[arg-type, misc]

@@ -22,121 +22,16 @@ import torch
 from torch import Tensor
 
 from . import validation
-from .adapters import Adapter, adapter_for
+from .adapters import adapter_for
+from .checkpoint import CheckpointedOptimizer
 from .executor import Executor
-from .sharding import local
-from .transforms.apply import ApplyUpdate
+from .options import CHECKED_OPTIONS, RUNTIME_OPTIONS, Options, build_chain, check_options
 from .transforms.base import Transform
-from .transforms.scale import RunningMaxScale
-from .transforms.sign import NoSign, Sign, StochasticSign
 
-#: Version of the ``state_dict()["signify"]`` layout; bumped on incompatible changes.
-SCHEMA_VERSION = 1
-_NONFINITE = ("skip", "raise", "ignore")
-#: Options that an instance may override at construction (they do not change the chain).
-RUNTIME_OPTIONS = (
-    "seed",
-    "compile",
-    "compile_chunk",
-    "state_dtype",
-    "nonfinite",
-    "flatten",
-    "max_grad_norm",
-)
-CHECKED_OPTIONS = ("sign", "stochastic", "scale_beta", *RUNTIME_OPTIONS)
-_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+__all__ = ["SignifiedOptimizer", "signify"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """The keyword options of `signify` (validated)."""
-
-    sign: bool = True
-    stochastic: bool = False
-    seed: int | None = None
-    compile: bool | None = None
-    compile_chunk: int = 8
-    scale_beta: float = 1.0
-    state_dtype: torch.dtype | None = None
-    nonfinite: str = "skip"
-    flatten: bool = False
-    max_grad_norm: float | None = None
-    transforms: tuple[Transform, ...] | None = None
-    blocks: Any = None
-    stepsize: Any = None
-    vote: Any = None
-
-    def middle(self) -> list[Transform]:
-        """The transforms between the adapter and the parameter write:
-        ``[blocks, sign, vote, stepsize]`` from the keywords, or the explicit list."""
-        if self.transforms is not None:
-            return [copy.deepcopy(t) for t in self.transforms]
-        out: list[Transform] = []
-        if self.blocks is not None:
-            from .transforms.blocks import make_blocks
-
-            out.append(make_blocks(self.blocks))
-        if not self.sign:
-            out.append(NoSign())
-        else:
-            out.append(StochasticSign() if self.stochastic else Sign())
-        if self.vote is not None:
-            from .transforms.vote import make_vote
-
-            out.append(make_vote(self.vote))
-        if self.stepsize is not None:
-            from .transforms.stepsize import make_stepsize
-
-            out.append(make_stepsize(self.stepsize))
-        return out
-
-
-def build_chain(adapter: Adapter, options: Options) -> list[Transform]:
-    """``[adapter, (running max scale), *middle, ApplyUpdate()]``, with dead state dropped."""
-    middle = options.middle()
-    for t in middle:
-        if isinstance(t, (Adapter, ApplyUpdate)):
-            raise ValueError(
-                f"transforms must not include {type(t).__name__}: the base's adapter comes "
-                "first and the parameter write last, implicitly"
-            )
-    needs_scale = any(
-        "scale" in t.reads - getattr(t, "optional_reads", frozenset()) for t in middle
-    )
-    has_scale_maker = any("scale" in t.writes for t in middle)
-    if needs_scale and not adapter.has_scale and not has_scale_maker:
-        middle.insert(0, RunningMaxScale(options.scale_beta))
-    chain: list[Transform] = [adapter, *middle, ApplyUpdate()]
-    if not any("direction" in t.writes for t in chain):
-        raise ValueError(
-            "transforms: the chain has no transform that sets a direction (e.g. Sign())"
-        )
-    names = [t.name for t in chain]
-    if len(set(names)) != len(names):
-        raise ValueError(f"transform names must be unique in a chain, got {names}")
-    # Dead-state elimination: walk back, telling each transform what later ones read.
-    needed: set[str] = set()
-    for t in reversed(chain):
-        t.configure(frozenset(needed))
-        needed -= set(t.writes)
-        needed |= set(t.reads)
-    # Check that every (non-optional) read is produced earlier.
-    produced = {"params", "grads", "lr"}
-    for t in chain:
-        missing = (t.reads - getattr(t, "optional_reads", frozenset())) - produced
-        missing -= {"decay", "step_scale"}
-        if isinstance(t, Adapter):
-            produced |= {"num", "decay", "step_scale"} | ({"scale"} if t.has_scale else set())
-            continue
-        if missing:
-            raise ValueError(
-                f"{type(t).__name__} reads {sorted(missing)}, set by no earlier transform"
-            )
-        produced |= set(t.writes)
-    return chain
-
-
-class SignifiedOptimizer(torch.optim.Optimizer):
+class SignifiedOptimizer(CheckpointedOptimizer):
     """Base class of the classes `signify` returns. Not constructed directly."""
 
     base: ClassVar[type[torch.optim.Optimizer]]
@@ -284,9 +179,6 @@ class SignifiedOptimizer(torch.optim.Optimizer):
     def compiled(self) -> bool:
         return self._executor.compile
 
-    def all_params(self) -> list[Tensor]:
-        return [p for g in self.param_groups for p in g["params"]]
-
     @property
     def skipped_steps(self) -> int:
         """Steps skipped because a gradient was non-finite (reading it syncs the device)."""
@@ -312,19 +204,6 @@ class SignifiedOptimizer(torch.optim.Optimizer):
                         d[k] = v.to(device)
         return self._shared
 
-    def _fresh_shared(self, device: torch.device) -> dict[str, dict[str, Any]]:
-        seed = self._seed if self._seed is not None else 0
-        out: dict[str, dict[str, Any]] = {
-            "rng": {
-                "seed": torch.tensor(seed, dtype=torch.int64, device=device),
-                "counter": torch.zeros((), dtype=torch.int64, device=device),
-            },
-            "nonfinite": {"skipped": torch.zeros((), device=device)},
-        }
-        for t in self._chain:
-            out.setdefault(t.name, t.shared_state(device))
-        return out
-
     def rng_state(self, device: torch.device) -> dict[str, Tensor]:
         return self.shared_state(device)["rng"]
 
@@ -347,206 +226,6 @@ class SignifiedOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         if "_chain" in state:
             self._executor = self._make_executor(compile_)
-
-    # ---------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        shared = {
-            name: {
-                k: (v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v))
-                for k, v in d.items()
-            }
-            for name, d in self._shared.items()
-        }
-        sd["signify"] = {
-            "schema": SCHEMA_VERSION,
-            "chain": [t.name for t in self._chain],
-            "seed": self._seed,
-            "shared": shared,
-            "extra": {t.name: x for t in self._chain if (x := t.extra_state()) is not None},
-        }
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state (signify's or the base torch optimizer's) all or nothing: a state
-        that fails any check raises ValueError/TypeError and leaves the optimizer as it was."""
-        if not (
-            isinstance(state_dict, dict)
-            and isinstance(state_dict.get("state"), dict)
-            and "param_groups" in state_dict
-        ):
-            raise TypeError("state_dict must be a dict returned by an optimizer's state_dict()")
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("signify", None)
-        if extra is not None:
-            self._check_extra(extra)
-        validation.check_saved_groups(state_dict["param_groups"], self.base)
-        self._check_shapes(state_dict)
-        before = self._snapshot()
-        try:
-            super().load_state_dict(state_dict)
-            for p in self.all_params():
-                st = self.state.get(p)
-                if st:
-                    self.state[p] = self._restore_param_state(p, st)
-            if extra is not None:
-                self._seed = extra.get("seed", self._seed)
-                self._shared = {k: dict(v) for k, v in extra.get("shared", {}).items()}
-                for t in self._chain:
-                    if t.name in extra.get("extra", {}):
-                        _load_extra(t, extra["extra"][t.name])
-            self._after_load()
-            for i, p in enumerate(self.all_params()):  # as the transforms restored it
-                if self.state.get(p):
-                    self._check_param_state(i, p)
-        except Exception as e:
-            self._restore(before)  # a state_dict a transform rejects changes nothing
-            internal = (KeyError, AttributeError, IndexError, RuntimeError)
-            if isinstance(e, internal) and not isinstance(e, torch.OutOfMemoryError):
-                raise ValueError(
-                    f"state_dict could not be loaded ({type(e).__name__}: {e}); "
-                    "the optimizer is unchanged"
-                ) from e
-            raise
-
-    def _check_extra(self, extra: Any) -> None:
-        """``state_dict["signify"]``: schema, chain, seed and optimizer-level state."""
-        if not isinstance(extra, dict):
-            raise TypeError("state_dict['signify'] must be the dict SignifiedOptimizer saves")
-        schema = extra.get("schema")
-        if schema != SCHEMA_VERSION:
-            raise ValueError(
-                f"state_dict has signify schema {schema}; this version reads {SCHEMA_VERSION}"
-            )
-        names = [t.name for t in self._chain]
-        if extra.get("chain") != names:
-            raise ValueError(
-                f"state_dict was saved by the chain {extra.get('chain')}, "
-                f"this optimizer has {names}"
-            )
-        try:
-            validation.check_seed(extra.get("seed"))
-        except (ValueError, TypeError) as e:
-            raise type(e)(f"state_dict['signify']: {e}") from None
-        if not isinstance(extra.get("extra", {}), dict):
-            raise TypeError("state_dict['signify']['extra'] must be a dict")
-        validation.check_saved_shared(
-            extra.get("shared", {}), self._fresh_shared(torch.device("cpu"))
-        )
-
-    def _check_param_state(self, i: int, p: Tensor) -> None:
-        """Each transform's per-parameter state is there whole (all its keys, tensors of the
-        kind a fresh one has: floating or not, 0-d or not) or not at all (created at the
-        next step, as for a torch checkpoint)."""
-        st = self.state[p]
-        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
-        meta = torch.empty(local(p).shape, dtype=p.dtype, device="meta")
-        for t in self._chain:
-            probe = self._executor._state_keys(t, group)
-            have = [k for k in probe if t.state_prefix + k in st]
-            if not have:
-                continue
-            if len(have) != len(probe):
-                missing = [t.state_prefix + k for k in probe if k not in have]
-                raise ValueError(
-                    f"state of parameter {i} lacks {missing} ({type(t).__name__}), "
-                    f"holding {[t.state_prefix + k for k in have]}"
-                )
-            fresh = t.init([meta], group)
-            for k in have:
-                v, want = st[t.state_prefix + k], fresh[k][0]
-                if not isinstance(v, Tensor):
-                    raise TypeError(
-                        f"state {t.state_prefix + k!r} of parameter {i} must be a tensor, "
-                        f"got {type(v).__name__}"
-                    )
-                if v.is_floating_point() != want.is_floating_point() or (v.dim() == 0) != (
-                    want.dim() == 0
-                ):
-                    raise ValueError(
-                        f"state {t.state_prefix + k!r} of parameter {i} is a {v.dtype} tensor "
-                        f"of shape {tuple(v.shape)}, expected {want.dtype} of shape "
-                        f"{tuple(want.shape)}"
-                    )
-
-    def _after_load(self) -> None:
-        self._executor.invalidate()
-        self._executor.hyper.clear()
-        for t in self._chain:
-            t.after_load(self)
-
-    def _snapshot(self) -> dict[str, Any]:
-        """What `load_state_dict` changes (torch's load replaces state and groups by new
-        objects, so references to the old ones are a snapshot)."""
-        return {
-            "state": self.state,
-            "param_groups": self.param_groups,
-            "entries": {p: dict(st) for p, st in self.state.items()},
-            "shared": self._shared,
-            "seed": self._seed,
-            "extra": {t.name: t.extra_state() for t in self._chain},
-            "flags": [(p, p.requires_grad) for p in self.all_params()],
-        }
-
-    def _restore(self, before: dict[str, Any]) -> None:
-        self.state = before["state"]
-        self.state.clear()
-        self.state.update(before["entries"])
-        self.param_groups = before["param_groups"]
-        self._shared, self._seed = before["shared"], before["seed"]
-        for t in self._chain:
-            if before["extra"][t.name] is not None:
-                t.load_extra_state(before["extra"][t.name])
-        for p, flag in before["flags"]:
-            p.requires_grad_(flag)
-        self._after_load()
-
-    def _check_shapes(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("param_groups", [])
-        ids = [i for g in saved for i in g.get("params", [])]
-        params = self.all_params()
-        if len(ids) != len(params):
-            raise ValueError(
-                f"state_dict holds {len(ids)} parameters, this optimizer {len(params)}"
-            )
-        unknown = set(state_dict["state"]) - set(ids)
-        if unknown:
-            raise ValueError(
-                f"state_dict['state'] holds entries {sorted(map(str, unknown))} that are no "
-                "parameter of its param_groups"
-            )
-        for i, p in zip(ids, params):
-            for key, value in state_dict["state"].get(i, {}).items():
-                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
-                    n = local(p).numel()  # a sharded parameter's bits cover its shard
-                    if value.dtype == torch.uint8 and value.shape == ((n + 7) // 8,):
-                        continue  # packed signs, 1 bit per element (alias-lowmem)
-                    raise ValueError(
-                        f"state {key!r} of parameter {i} has shape {tuple(value.shape)}, "
-                        f"the parameter {tuple(p.shape)}"
-                    )
-
-    def _restore_param_state(self, p: Tensor, st: dict[str, Any]) -> dict[str, Any]:
-        st = self._adapter.migrate(dict(st), p)
-        dtype = self.options.state_dtype
-        for k, v in st.items():
-            if not isinstance(v, Tensor):
-                continue
-            if k.endswith("step") and v.dim() == 0:
-                st[k] = v.to(device=p.device, dtype=torch.float32)
-            elif dtype is not None and v.is_floating_point() and v.dim() > 0:
-                st[k] = v.to(dtype=dtype)
-        return st
-
-
-def _load_extra(t: Transform, saved: Any) -> None:
-    try:
-        t.load_extra_state(saved)
-    except (KeyError, AttributeError, IndexError) as e:
-        raise ValueError(
-            f"state_dict['signify']['extra'][{t.name!r}] is not a state {type(t).__name__} "
-            f"saved ({type(e).__name__}: {e})"
-        ) from e
 
 
 def _compile_by_default(params: Sequence[Tensor]) -> bool:
@@ -720,41 +399,3 @@ def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[Sig
             "__module__": "signify",
         },
     )
-
-
-def check_options(
-    *,
-    sign: Any,
-    stochastic: Any,
-    seed: Any,
-    compile: Any,
-    compile_chunk: Any,
-    scale_beta: Any,
-    state_dtype: Any,
-    nonfinite: Any,
-    flatten: Any = False,
-    max_grad_norm: Any = None,
-) -> None:
-    """Validate `signify`'s options (TypeError for a wrong type, ValueError for a bad value)."""
-    validation.check_bool("flatten", flatten)
-    validation.check_max_grad_norm(max_grad_norm)
-    validation.check_bool("sign", sign)
-    validation.check_bool("stochastic", stochastic)
-    if stochastic and not sign:
-        raise ValueError("stochastic=True needs sign=True (sign=False is the base optimizer)")
-    validation.check_seed(seed)
-    if compile is not None:
-        validation.check_bool("compile", compile)
-    if isinstance(compile_chunk, bool) or not isinstance(compile_chunk, int):
-        raise TypeError(f"compile_chunk must be a power of two, got {compile_chunk!r}")
-    if compile_chunk < 1 or compile_chunk & (compile_chunk - 1):
-        raise ValueError(f"compile_chunk must be a power of two, got {compile_chunk}")
-    if state_dtype is not None and not isinstance(state_dtype, torch.dtype):
-        raise TypeError(f"state_dtype must be a torch.dtype or None, got {state_dtype!r}")
-    if state_dtype is not None and state_dtype not in _STATE_DTYPES:
-        raise ValueError(f"state_dtype must be one of {_STATE_DTYPES} or None, got {state_dtype}")
-    if not isinstance(nonfinite, str):
-        raise TypeError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
-    if nonfinite not in _NONFINITE:
-        raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
-    RunningMaxScale(scale_beta)  # validates scale_beta

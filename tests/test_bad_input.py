@@ -329,7 +329,7 @@ def test_every_public_option_is_in_the_table():
     rows = " ".join(c[0] for c in SIGNIFY + CTOR)
     missing = [o for o in options if not re.search(rf"\b{o}\b", rows)]
     assert not missing, missing
-    for o in signify.optimizer.RUNTIME_OPTIONS:
+    for o in signify.options.RUNTIME_OPTIONS:
         assert f"runtime-{o}" in rows, o
 
 

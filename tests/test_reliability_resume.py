@@ -239,11 +239,11 @@ def test_refused_loads_name_the_mismatch_and_change_nothing(case):
 def test_schema_version_is_saved_and_checked():
     _, opt = _trained()
     sd = opt.state_dict()
-    assert sd["signify"]["schema"] == signify.optimizer.SCHEMA_VERSION
+    assert sd["signify"]["schema"] == signify.checkpoint.SCHEMA_VERSION
     assert sd["signify"]["extra"]["blocks"]["rule"] == "depth"
     assert sd["signify"]["extra"]["alias"] == {"scope": "global"}
     sd = copy.deepcopy(sd)
-    sd["signify"]["schema"] = signify.optimizer.SCHEMA_VERSION + 1
+    sd["signify"]["schema"] = signify.checkpoint.SCHEMA_VERSION + 1
     _, fresh = _trained()
     with pytest.raises(ValueError, match="schema"):
         fresh.load_state_dict(sd)

@@ -79,7 +79,7 @@ def test_state_dict_layout_and_load_errors():
     opt = signify.StoSignSGD(ps, lr=1e-2, seed=0)
     run_steps(opt, ps, 2)
     sd = opt.state_dict()
-    assert sd["signify"]["schema"] == signify.optimizer.SCHEMA_VERSION
+    assert sd["signify"]["schema"] == signify.checkpoint.SCHEMA_VERSION
     assert sd["signify"]["chain"] == [
         "sgd",
         "max_scale",

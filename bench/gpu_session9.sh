@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Ninth GPU session (2026-12-07): after splitting the executor (planner.py, cudagraphs.py,
+# gradcheck.py) and the optimizer (options.py, checkpoint.py), all CUDA tests on the new
+# code, then the same bench rows on the code before the split (a copy of signify/ from
+# 95225c4 placed at old/, untracked) and after it, one after the other in this call.
+# Usage (GPU machine, repo root):  OUT=/some/dir bash bench/gpu_session9.sh
+set -u
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}
+TGZ=session9.tgz
+source bench/gpu_lib.sh
+part cuda 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+R="SignAdam stochastic,SignAdam stochastic [flatten; nonfinite=ignore],Signum"
+for impl in old new; do
+  [ "$impl" = old ] && [ ! -d old/signify ] && { echo "old/ missing" | tee -a "$WORK/parts.txt"; continue; }
+  path=.; [ "$impl" = old ] && path=old:.
+  PYTHONPATH=$path part "ab_$impl" 120 python3 bench/step.py --workloads 134m --dtypes fp32 \
+    --rows "$R" --no-variants --no-rng --no-check --no-cold --out "$WORK/ab_$impl.json"
+  # -P: no cwd on sys.path, as for bench/step.py (whose sys.path[0] is bench/)
+  PYTHONPATH=$path python3 -P -c "import signify; print('$impl imports', signify.__file__)" >> "$WORK/parts.txt" 2>&1
+done
+cat "$WORK/parts.txt"; head -3 "$WORK/gpu.txt"
+for f in ab_old ab_new; do [ -f "$WORK/$f.log" ] && { echo "== $f"; grep -E '^\| |^copy' "$WORK/$f.log" | cut -d'|' -f2-8; }; done
+[ -f "$WORK/cuda.log" ] && { echo "== cuda"; tail -n 3 "$WORK/cuda.log"; }
+tar czf "$DEST/$TGZ" -C "$WORK" .

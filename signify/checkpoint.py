@@ -42,6 +42,8 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
     _seed: int | None
 
     def _fresh_shared(self, device: torch.device) -> dict[str, dict[str, Any]]:
+        """Optimizer-level state as a new optimizer has it (the random stream, the skip
+        counter, each transform's scalars): also what a loaded one is checked against."""
         seed = self._seed if self._seed is not None else 0
         out: dict[str, dict[str, Any]] = {
             "rng": {

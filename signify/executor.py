@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Executor", "HyperCache", "powers_of_two"]
 
-_HOOKS = ("select", "before_step", "finalize", "exchange", "after_step")
+_HOOKS = ("before_step", "finalize", "exchange", "after_step")  # select: `Planner`
 
 
 class Executor:
@@ -75,7 +75,6 @@ class Executor:
         self.opt = opt
         self.chain = list(chain)
         self.compile = compile
-        self.chunk = chunk
         self.nonfinite = nonfinite
         #: ``max_grad_norm``: the gradients are clipped inside the compiled passes, unless an
         #: adapter steps the base on the host (run-and-read), which clips ``.grad`` itself
@@ -84,9 +83,7 @@ class Executor:
         self.clip_in_graph = self.max_grad_norm is not None and not any(
             t.clips_on_host for t in self.chain
         )
-        #: ``flatten=True``: buckets re-homed into one buffer each (`signify.flat`)
-        self.flatten = flatten
-        if flatten:
+        if flatten:  # buckets re-homed into one buffer each (`signify.flat`)
             check_chain(self.chain)
         #: "rows" or "flat" (module docstring), from SIGNIFY_LAYOUT; rows when compiling
         self.layout = compiled.env_option(
@@ -126,16 +123,14 @@ class Executor:
         self.segments.append((start, len(self.chain)))
         self.has_prepare = any(t.has_prepare for t in self.chain)
         self._hooks = {name: [t for t in self.chain if overrides(t, name)] for name in _HOOKS}
-        # Padding to full chunks is safe when no transform looks across tensors.
-        self.pad = compile and not any(
-            t.has_prepare or t.is_barrier or overrides(t, "plan") for t in self.chain
-        )
         self.planner = Planner(
             opt,
             self.chain,
             compile=compile,
             chunk=chunk,
-            pad=self.pad,
+            # padding to full chunks is safe when no transform looks across tensors
+            pad=compile
+            and not any(t.has_prepare or t.is_barrier or overrides(t, "plan") for t in self.chain),
             layout=self.layout,
             flatten=flatten,
         )

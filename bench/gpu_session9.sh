@@ -3,11 +3,15 @@
 # gradcheck.py) and the optimizer (options.py, checkpoint.py), all CUDA tests on the new
 # code, then the same bench rows on the code before the split (a copy of signify/ from
 # 95225c4 placed at old/, untracked) and after it, one after the other in this call.
-# Usage (GPU machine, repo root):  OUT=/some/dir bash bench/gpu_session9.sh
+# PARTS=chunks: per tensor at the 374M shapes, cold/warm compile (fresh processes) and the
+# step time with and without the CUDA-graph replay for compile_chunk 1, 2, 4 and 8.
+# Usage (GPU machine, repo root):  OUT=/some/dir [PARTS=chunks] bash bench/gpu_session9.sh
 set -u
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}
 TGZ=session9.tgz
 source bench/gpu_lib.sh
+case "${PARTS:-split}" in
+split)
 part cuda 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 R="SignAdam stochastic,SignAdam stochastic [flatten; nonfinite=ignore],Signum"
 for impl in old new; do
@@ -18,7 +22,23 @@ for impl in old new; do
   # -P: no cwd on sys.path, as for bench/step.py (whose sys.path[0] is bench/)
   PYTHONPATH=$path python3 -P -c "import signify; print('$impl imports', signify.__file__)" >> "$WORK/parts.txt" 2>&1
 done
+;;
+chunks)  # per tensor at 374M: compile cold/warm and step time per compile_chunk, replay on/off
+  part cold 240 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "SignAdam stochastic" \
+    --no-variants --no-rng --no-check --cold-chunks 1,2,4,8 --out "$WORK/cold.json"
+  for c in 1 2 4 8; do
+    part "replay_$c" 60 python3 bench/step.py --workloads 350m --dtypes fp32 --rows "SignAdam stochastic" \
+      --chunk $c --no-variants --no-rng --no-check --no-cold --out "$WORK/replay_$c.json"
+    SIGNIFY_CUDA_GRAPHS=0 part "nograph_$c" 60 python3 bench/step.py --workloads 350m --dtypes fp32 \
+      --rows "SignAdam stochastic" --chunk $c --no-variants --no-rng --no-check --no-cold --out "$WORK/nograph_$c.json"
+  done
+;;
+esac
 cat "$WORK/parts.txt"; head -3 "$WORK/gpu.txt"
+[ -f "$WORK/cold.log" ] && { echo "== cold"; grep -E '^compile' "$WORK/cold.log"; }
+for f in "$WORK"/replay_*.log "$WORK"/nograph_*.log; do
+  [ -f "$f" ] && { echo "== $(basename "$f")"; grep -E '^\| 350m' "$f" | cut -d'|' -f4,6,8,12,13; }
+done
 for f in ab_old ab_new; do [ -f "$WORK/$f.log" ] && { echo "== $f"; grep -E '^\| |^copy' "$WORK/$f.log" | cut -d'|' -f2-8; }; done
 [ -f "$WORK/cuda.log" ] && { echo "== cuda"; tail -n 3 "$WORK/cuda.log"; }
 tar czf "$DEST/$TGZ" -C "$WORK" .

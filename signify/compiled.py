@@ -94,17 +94,23 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
     ``SIGNIFY_COMBO``: ``all`` (default), ``prepare`` (the prepass only) or ``off``; a flat
     bucket's graph has one tensor, so it is unchanged.
 
+    Size asserts: inductor's generated wrapper re-checks every input's sizes and strides on
+    each call (``size_asserts``), which dynamo's guards have checked just before; a chunk of
+    eight tensors has some fifty inputs. Off for every graph here: on this CPU box a step of
+    220 tensors (29 compiled calls, no CUDA graph) took 11.8 ms instead of 13.2 ms (medians of
+    30 interleaved rounds, `docs/performance.md`, ninth session).
+
     ``SIGNIFY_INDUCTOR`` (a JSON object of inductor options, e.g.
     ``{"coordinate_descent_tuning": true}``) adds to the elementwise graphs' settings: the
     benchmarks' switch for trying a setting side by side (docs/performance.md).
     """
     if kind == "bookkeeping":
-        return {"realize_opcount_threshold": 4}
+        return {"realize_opcount_threshold": 4, **_NO_SIZE_ASSERTS}
     default = "8" if device_type == "cpu" else "30"
     raw = os.environ.get("SIGNIFY_REALIZE_THRESHOLD", default)
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"SIGNIFY_REALIZE_THRESHOLD must be a positive integer, got {raw!r}")
-    opts: dict[str, Any] = {"realize_opcount_threshold": int(raw)}
+    opts: dict[str, Any] = {"realize_opcount_threshold": int(raw), **_NO_SIZE_ASSERTS}
     combo = env_option("SIGNIFY_COMBO", "all", COMBO)
     if device_type == "cuda" and (combo == "all" or (combo == "prepare" and kind == "prepare")):
         from torch._inductor import config as inductor_config
@@ -112,6 +118,10 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
         if hasattr(inductor_config, "combo_kernels"):  # an unknown option name is an error
             opts["combo_kernels"] = True
     return {**opts, **extra_inductor_options()}
+
+
+#: inductor's per-call re-check of the inputs' sizes and strides (the guards checked them)
+_NO_SIZE_ASSERTS = {"size_asserts": False}
 
 
 def extra_inductor_options() -> dict[str, Any]:

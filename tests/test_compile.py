@@ -136,6 +136,9 @@ def test_inductor_options_per_graph_kind_and_override(monkeypatch):
     monkeypatch.setenv("SIGNIFY_REALIZE_THRESHOLD", "12")
     assert compiled.inductor_options("segment", "cuda")[key] == 12
     assert compiled.inductor_options("bookkeeping", "cpu")[key] == 4
+    for kind in ("bookkeeping", "prepare", "segment"):  # the guards checked the inputs
+        for device_type in ("cpu", "cuda"):
+            assert compiled.inductor_options(kind, device_type)["size_asserts"] is False
     for bad in ("abc", "0", "-3"):
         monkeypatch.setenv("SIGNIFY_REALIZE_THRESHOLD", bad)
         with pytest.raises(ValueError, match="SIGNIFY_REALIZE_THRESHOLD"):

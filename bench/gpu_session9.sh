@@ -51,7 +51,7 @@ asserts)  # size_asserts on (old/: the commit before) and off (this tree), repla
     PYTHONPATH=$path part "replay_$impl" 90 python3 bench/step.py --workloads 350m \
       --dtypes fp32 --rows "$R" --no-variants --no-rng --no-check --no-cold --out "$WORK/replay_$impl.json"
   done
-  part cuda_some 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "replay or flat or graph"
+  part cuda_some 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "flat or resume or sync or clip"
 ;;
 esac
 cat "$WORK/parts.txt"; head -3 "$WORK/gpu.txt"

@@ -45,13 +45,13 @@ asserts)  # size_asserts on (old/: the commit before) and off (this tree), repla
       --dtypes fp32 --rows "$R" --no-variants --no-rng --no-check --no-cold --out "$WORK/nograph_$impl.json"
     PYTHONPATH=$path python3 -P -c "import signify; print('$impl imports', signify.__file__)" >> "$WORK/parts.txt" 2>&1
   done
+  part cuda_some 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "flat or resume or sync or clip"
   for impl in old new; do
     [ "$impl" = old ] && [ "$cd_ok" = 0 ] && continue
     path=.; [ "$impl" = old ] && path=old:.
     PYTHONPATH=$path part "replay_$impl" 90 python3 bench/step.py --workloads 350m \
       --dtypes fp32 --rows "$R" --no-variants --no-rng --no-check --no-cold --out "$WORK/replay_$impl.json"
   done
-  part cuda_some 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "flat or resume or sync or clip"
 ;;
 esac
 cat "$WORK/parts.txt"; head -3 "$WORK/gpu.txt"

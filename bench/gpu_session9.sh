@@ -38,6 +38,7 @@ chunks)  # per tensor at 374M: compile cold/warm and step time per compile_chunk
 asserts)  # size_asserts on (old/: the commit before) and off (this tree), replay off and on
   cd_ok=1; [ -d old/signify ] || { echo "old/ missing" | tee -a "$WORK/parts.txt"; cd_ok=0; }
   R="SignAdam stochastic,Signum"
+  part host 90 python3 bench/host_overhead.py --device cuda --out "$WORK/host.json"
   for impl in old new; do
     [ "$impl" = old ] && [ "$cd_ok" = 0 ] && continue
     path=.; [ "$impl" = old ] && path=old:.
@@ -59,6 +60,7 @@ cat "$WORK/parts.txt"; head -3 "$WORK/gpu.txt"
 for f in "$WORK"/replay_*.log "$WORK"/nograph_*.log; do
   [ -f "$f" ] && { echo "== $(basename "$f")"; grep -E '^\| (134|350)m' "$f" | cut -d'|' -f2,4,6,8,12,13; }
 done
+[ -f "$WORK/host.log" ] && { echo "== host"; tail -n 5 "$WORK/host.log"; }
 [ -f "$WORK/cuda_some.log" ] && { echo "== cuda_some"; tail -n 2 "$WORK/cuda_some.log"; }
 for f in ab_old ab_new; do [ -f "$WORK/$f.log" ] && { echo "== $f"; grep -E '^\| |^copy' "$WORK/$f.log" | cut -d'|' -f2-8; }; done
 [ -f "$WORK/cuda.log" ] && { echo "== cuda"; tail -n 3 "$WORK/cuda.log"; }

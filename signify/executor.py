@@ -208,12 +208,11 @@ class Executor:
         plan = self._plan
         for fb in plan.flats:
             fb.bind_grads()  # gradients allocated anew are copied in (before the signature)
-        hypers = {
-            (c.group_index, c.device): self.hyper.get(
-                c.group_index, opt.param_groups[c.group_index], c.device
-            )
-            for c in plan.chunks()
-        }
+        hypers: dict[Any, dict[str, Tensor]] = {}  # one per group and device, not per chunk
+        for b in plan.buckets:
+            key = (b.chunks[0].group_index, b.device)
+            if key not in hypers:
+                hypers[key] = self.hyper.get(key[0], opt.param_groups[key[0]], key[1])
         if self._use_graphs(plan):
             self._graphed_step(plan, hypers)
         else:

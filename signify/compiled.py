@@ -97,8 +97,9 @@ def inductor_options(kind: str, device_type: str) -> dict[str, Any]:
     Size asserts: inductor's generated wrapper re-checks every input's sizes and strides on
     each call (``size_asserts``), which dynamo's guards have checked just before; a chunk of
     eight tensors has some fifty inputs. Off for every graph here: on the 2-core CPU box a
-    step of 220 tensors (28 chunk calls) took 10.13 ms instead of 10.99 ms (medians of 30
-    interleaved rounds, ``bench/host_overhead.py``; docs/performance.md, ninth session).
+    step of 220 tensors (28 chunk calls) took 10.13 ms instead of 10.99 ms, on the H100 machine
+    (CUDA-graph replay off) 8.51 ms instead of 9.12 (medians of 30 interleaved rounds,
+    ``bench/host_overhead.py``; docs/performance.md, ninth session).
 
     ``SIGNIFY_INDUCTOR`` (a JSON object of inductor options, e.g.
     ``{"coordinate_descent_tuning": true}``) adds to the elementwise graphs' settings: the

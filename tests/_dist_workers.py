@@ -5,13 +5,13 @@ process compares it with single-process references (`reference`)."""
 from __future__ import annotations
 
 import copy
-import datetime
 import os
 import traceback
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from _gloo import init_gloo
 from torch import nn
 
 import signify
@@ -273,14 +273,7 @@ def run_vote_blocks_nonfinite(rank: int) -> dict[str, Any]:
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, world, port)
     result: dict[str, Any] = {}
     try:
         from torch.distributed.device_mesh import init_device_mesh

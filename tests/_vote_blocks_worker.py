@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
-
 import torch
 import torch.distributed as dist
+from _gloo import init_gloo
 
 import signify
 
@@ -25,14 +24,7 @@ def gradient(rank: int, step: int, i: int) -> torch.Tensor:
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, world, port)
     params = [torch.nn.Parameter(x.clone()) for x in initial()]
     named = [(f"layers.{i}.weight", p) for i, p in enumerate(params)]
     opt = signify.signify(torch.optim.SGD, blocks="depth", vote="majority")(

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from _gloo import init_gloo
 
 import signify
 from signify.distributed import MajorityVoteHookState, majority_vote_hook
@@ -215,15 +216,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     import time
 
     t0 = time.perf_counter()
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        # generous: the other ranks wait in a barrier while ranks 0 and 1 compile (cold cache)
-        timeout=datetime.timedelta(seconds=300),
-    )
+    init_gloo(rank, world, port)  # the other ranks wait while ranks 0 and 1 compile
     groups = {w: dist.new_group(list(range(w))) for w in (2, 3, 4)}
     short = dist.new_group([0, 1], timeout=datetime.timedelta(seconds=TIMEOUT))
     result: dict[str, Any] = {"times": {"init": time.perf_counter() - t0}}

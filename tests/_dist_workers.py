@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from _gloo import init_gloo
+from _gloo import init_gloo, leave
 from torch import nn
 
 import signify
@@ -294,6 +294,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     finally:
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
         dist.destroy_process_group()
+    leave()  # only after success: an exception above ends the rank with an error
 
 
 # ------------------------------------------------------------------------------ reference

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from _gloo import init_gloo
+from _gloo import init_gloo, leave
 
 import signify
 
@@ -37,5 +37,6 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         opt.step()
         coords.append(opt.vote_stats["coords"])
     torch.save({"params": [p.detach() for p in params], "coords": coords}, f"{out}/rank{rank}.pt")
-    dist.barrier()  # no rank tears gloo down while another still talks
+    dist.barrier()
     dist.destroy_process_group()
+    leave()

@@ -118,7 +118,7 @@ if __name__ == "__main__":
     main()
     # Leave without Python's teardown. On CPU, gloo's worker threads outlive the process
     # group (torch 2.13) and one still releasing a finished collective while the interpreter
-    # shuts down aborts the rank ("terminate called without an active exception"; about 1
-    # run in 20 on a busy 2-core machine). Everything is printed and the group destroyed.
+    # shuts down aborts the rank ("terminate called without an active exception"; 2 of
+    # 133 runs on a busy 2-core machine). Everything is printed and the group destroyed.
     sys.stdout.flush()
     os._exit(0)

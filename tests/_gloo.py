@@ -32,8 +32,9 @@ def leave() -> None:
     finished collective while the interpreter shuts down takes the GIL, is cancelled, and
     aborts the rank with "terminate called without an active exception" (a core dump:
     ``ProcessGroupGloo::runLoop`` -> ``~AsyncAllgatherWork`` -> ``decref_pyobject`` ->
-    ``take_gil`` -> ``pthread_exit``). Seen in about 1 run in 15-20 of examples/ddp_vote.py
-    on a loaded 2-core machine; a barrier before the teardown does not prevent it."""
+    ``take_gil`` -> ``pthread_exit``). Seen in 2 of 133 runs of examples/ddp_vote.py on a
+    loaded 2-core machine and once in a full test run; a barrier before the teardown does
+    not prevent it."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

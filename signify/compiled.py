@@ -248,13 +248,13 @@ def make_segment(
     return signify_segment
 
 
-def make_bookkeeping(check: str | None, ranked: bool) -> Callable[..., Tensor | None]:
+def make_bookkeeping(check: str | None) -> Callable[..., Tensor | None]:
     """The step's scalar work; per-tensor keys are written as int32 (`signify.rng`).
     ``check``: None (no check: every step counts), "graph" (``bad`` counts non-finite
     gradient entries) or "foreach" (``bad`` holds per-tensor max-abs norms of the gradients,
     non-finite iff a gradient is)."""
 
-    def signify_bookkeeping(bad, seed, counter, skipped, tensor_keys, step_keys, rank_key):  # type: ignore[no-untyped-def]
+    def signify_bookkeeping(bad, seed, counter, skipped, tensor_keys, step_keys):  # type: ignore[no-untyped-def]
         ok = None
         if check is None:
             counter.add_(1)
@@ -262,7 +262,7 @@ def make_bookkeeping(check: str | None, ranked: bool) -> Callable[..., Tensor | 
             ok = (bad == 0).all() if check == "graph" else torch.isfinite(bad).all()
             counter.add_(ok.to(torch.int64))
             skipped.add_((~ok).to(skipped.dtype))
-        key = rng.step_key(seed, counter, rank_key_t=rank_key if ranked else None)
+        key = rng.step_key(seed, counter)
         for tk, sk in zip(tensor_keys, step_keys):
             sk.copy_(rng.to_i32(rng.mix32(tk ^ key)))
         return ok

@@ -50,7 +50,7 @@ from .flat import check_chain
 from .planner import Planner, overrides
 from .planning import HyperCache, Plan, alias, powers_of_two
 from .sharding import local
-from .transforms.base import Transform
+from .transforms.base import RANK, Transform
 
 if TYPE_CHECKING:
     from .optimizer import SignifiedOptimizer
@@ -179,6 +179,16 @@ class Executor:
             self._compiled[key] = fn
         return fn
 
+    def _rank_key(self, device: torch.device) -> Tensor:
+        """This rank's salt for the draws that must differ between ranks, an int32 tensor
+        (`StepContext.uniform`; a rank held by a Python int would be traced as a symbol,
+        whose integer hashing miscompiles on CPU)."""
+        key = self._rank_keys.get((device, self.rank))
+        if key is None:
+            key = rng.to_i32(torch.tensor(rng.rank_key(self.rank), dtype=torch.int64)).to(device)
+            self._rank_keys[(device, self.rank)] = key
+        return key
+
     def _static(self, c: Any) -> bool:
         return c.flat is not None or self.shapes == "static"
 
@@ -267,6 +277,8 @@ class Executor:
             name: {k: v for k, v in d.items() if isinstance(v, Tensor)}
             for name, d in shared.items()
         }
+        if self.rank:
+            shared_tensors[RANK] = {"key": self._rank_key(device)}
         per_chunk = []
         for c in plan.chunks():
             if c.flat is not None:
@@ -350,14 +362,10 @@ class Executor:
         state = shared["rng"]
         here = [b for b in plan.buckets if b.device == device]
         run = self._runner(
-            ("bookkeeping", mode, self.rank != 0, len(here)),
-            lambda: compiled.make_bookkeeping(mode, self.rank != 0),
+            ("bookkeeping", mode, len(here)),
+            lambda: compiled.make_bookkeeping(mode),
             device,
         )
-        rank_key = self._rank_keys.get((device, self.rank))
-        if rank_key is None:
-            rank_key = torch.tensor(rng.rank_key(self.rank), dtype=torch.int64, device=device)
-            self._rank_keys[(device, self.rank)] = rank_key
         ok = run(
             bad,
             state["seed"],
@@ -365,11 +373,10 @@ class Executor:
             shared["nonfinite"]["skipped"],
             [b.tensor_keys for b in here],
             [b.step_keys for b in here],
-            rank_key,
         )
         for b in plan.buckets:
             if b.device != device:  # other devices: the same keys, eagerly
-                key = rng.step_key(state["seed"], state["counter"], self.rank).to(b.device)
+                key = rng.step_key(state["seed"], state["counter"]).to(b.device)
                 b.step_keys.copy_(rng.to_i32(rng.mix32(b.tensor_keys ^ key)))
         return ok  # type: ignore[no-any-return]
 

@@ -73,30 +73,19 @@ def tensor_key(index: int, shard: int = 0) -> int:
 
 
 def rank_key(rank: int) -> int:
-    """The 32-bit constant a rank's noise folds into its step keys (rank 0 folds nothing)."""
+    """The 32-bit constant a rank folds into the stream of its own draws (rank 0 folds
+    nothing): the stochastic sign's noise under a majority vote."""
     return mix32_int(rank + 1)
 
 
-def step_key(
-    seed: Tensor, counter: Tensor, rank: int = 0, rank_key_t: Tensor | None = None
-) -> Tensor:
-    """The key of one optimizer step, a 0-d int64 tensor in [0, 2**32).
-
-    ``seed`` and ``counter`` are int64 tensors; ``rank`` (0 unless ranks must draw
-    independent noise) is folded in, or ``rank_key_t``, ``rank_key(rank)`` held by a 0-d
-    int64 tensor: compiled code takes the tensor, since a rank held by a Python int may be
-    traced as a symbolic size, and integer hashing of a symbol miscompiles (inductor's C++
-    backend emitted a float XOR, torch 2.13).
-    """
+def step_key(seed: Tensor, counter: Tensor) -> Tensor:
+    """The key of one optimizer step, a 0-d int64 tensor in [0, 2**32), the same on every
+    rank (``seed`` and ``counter`` are int64 tensors). Draws that must differ between ranks
+    fold `rank_key` into their stream constant instead (`StepContext.uniform`)."""
     k = mix32(seed & MASK32)
     k = mix32(k ^ ((seed >> 32) & MASK32))
     k = mix32(k ^ (counter & MASK32))
-    k = mix32(k ^ ((counter >> 32) & MASK32))
-    if rank_key_t is not None:
-        k = mix32(k ^ rank_key_t)
-    elif rank:
-        k = mix32(k ^ rank_key(rank))
-    return k
+    return mix32(k ^ ((counter >> 32) & MASK32))
 
 
 def mix32_i32(x: Tensor) -> Tensor:

@@ -88,9 +88,10 @@ def run_exact(
     return {"params": [p.detach().clone() for p in params], "stats": stats}
 
 
-def run_stochastic(group: Any) -> dict[str, Any]:
-    """Identical gradients on every rank: the stochastic signs must still differ."""
-    params = [torch.nn.Parameter(t.clone()) for t in initial(7)]
+def run_stochastic(group: Any, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Identical gradients on every rank: the stochastic signs must still differ (and the
+    parameters, bf16 ones written with stochastic rounding included, must not)."""
+    params = [torch.nn.Parameter(t.clone().to(dtype)) for t in initial(7)]
     opt = signify.signify(torch.optim.SGD, stochastic=True, vote=group, seed=3)(
         params, lr=LR, momentum=MOMENTUM, dampening=MOMENTUM
     )
@@ -98,7 +99,7 @@ def run_stochastic(group: Any) -> dict[str, Any]:
     sends = []
     for step in range(1, 4):
         for p, g in zip(params, gradients(11, 0, step, 99)):
-            p.grad = None if g is None else g + 0.05 * step
+            p.grad = None if g is None else (g + 0.05 * step).to(dtype)
         opt.step()
         sends.append(vote._wire.send.clone())
     return {"params": [p.detach().clone() for p in params], "sends": sends}
@@ -106,7 +107,7 @@ def run_stochastic(group: Any) -> dict[str, Any]:
 
 def run_compiled(group: Any) -> dict[str, Any]:
     """The stochastic MV step compiled and eager on two ranks: the same bits. Rank 1 folds its
-    rank into the noise keys (a symbolic rank miscompiled on CPU and GPU once)."""
+    rank into the sign noise's stream (a symbolic rank miscompiled on CPU and GPU once)."""
     out: dict[str, Any] = {}
     for compiled in (False, True):
         params = [torch.nn.Parameter(t.clone()) for t in initial(5)[:2]]
@@ -232,6 +233,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
             result[("hook", w)] = run_hook(group, "exact" if w == 4 else "dither")
         if rank < 3:
             result["stochastic"] = run_stochastic(groups[3])
+            result["stochastic_bf16"] = run_stochastic(groups[3], torch.bfloat16)
         if rank < 2:
             result["mismatch"] = run_mismatch(groups[2], rank)
             result["compiled"] = run_compiled(groups[2])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from signify import rng
+from signify.transforms.base import RANK, StepContext
 
 
 def np_mix32(x):
@@ -96,13 +97,31 @@ def test_streams_steps_and_tensors_are_independent():
         assert abs(r) < 5 / n**0.5
 
 
-def test_step_key_depends_on_seed_counter_and_rank():
+def test_step_key_depends_on_seed_and_counter():
     s, c = torch.tensor(123), torch.tensor(4)
     k = rng.step_key(s, c).item()
     assert k != rng.step_key(torch.tensor(124), c).item()
     assert k != rng.step_key(s, torch.tensor(5)).item()
-    assert k != rng.step_key(s, c, rank=1).item()
     assert k == rng.step_key(s.clone(), c.clone()).item()
+
+
+def test_per_rank_draws_differ_and_shared_ones_agree():
+    """A rank's salt changes the draws asked for per rank (the stochastic sign's noise under
+    a vote) and nothing else (a bf16 parameter's rounding must agree on every rank)."""
+    keys = rng.to_i32(torch.randint(0, 2**32, (2,), dtype=torch.int64))
+    like = torch.empty(4096)
+    salts = [rng.to_i32(torch.tensor(rng.rank_key(r), dtype=torch.int64)) for r in range(3)]
+    ctxs = [
+        StepContext({}, {}, keys, None, {} if r == 0 else {RANK: {"key": salts[r]}})
+        for r in range(3)
+    ]
+    per_rank = [c.uniform(1, like, per_rank=True) for c in ctxs]
+    shared = [c.uniform(1, like) for c in ctxs]
+    bits = [c.bits(1, like, rng.STREAM_PARAM) for c in ctxs]
+    assert not torch.equal(per_rank[0], per_rank[1]) and not torch.equal(per_rank[1], per_rank[2])
+    assert abs(torch.corrcoef(torch.stack(per_rank[:2]))[0, 1].item()) < 5 / 4096**0.5
+    assert torch.equal(shared[0], shared[1]) and torch.equal(shared[0], shared[2])
+    assert torch.equal(bits[0], bits[2])
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 300.0])

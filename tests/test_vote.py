@@ -250,14 +250,21 @@ def test_compiled_vote_equals_eager_on_every_rank(ranks):
     assert not torch.equal(ranks[0]["compiled"][True][0], vw.initial(5)[0])
 
 
-def test_stochastic_noise_is_independent_per_rank(ranks):
-    votes = [[sent_votes(s) for s in ranks[r]["stochastic"]["sends"][:2]] for r in range(3)]
+@pytest.mark.parametrize("run", ["stochastic", "stochastic_bf16"])
+def test_stochastic_noise_is_independent_per_rank(ranks, run):
+    """The sign noise differs between ranks; the parameters do not, bf16 ones included
+    (their stochastic rounding draws the same bits on every rank)."""
+    votes = [[sent_votes(s) for s in ranks[r][run]["sends"][:2]] for r in range(3)]
     # step 1 is deterministic (|m| = G); then identical gradients give different signs
     assert torch.equal(votes[0][0], votes[1][0]) and torch.equal(votes[0][0], votes[2][0])
     assert not torch.equal(votes[0][1], votes[1][1])
     assert not torch.equal(votes[1][1], votes[2][1])
-    for p0, p1, p2 in zip(*(ranks[r]["stochastic"]["params"] for r in range(3))):
+    after = [ranks[r][run]["params"] for r in range(3)]
+    for p0, p1, p2 in zip(*after):
         assert torch.equal(p0, p1) and torch.equal(p0, p2)
+    assert any(not torch.equal(p, t.to(p.dtype)) for p, t in zip(after[0], vw.initial(7)))
+    want = torch.bfloat16 if run.endswith("bf16") else torch.float32
+    assert ranks[0][run]["params"][0].dtype == want
 
 
 def test_mismatched_shapes_raise_on_every_rank(ranks):

@@ -125,6 +125,10 @@ class Update:
     decay: Tensor | None = None
 
 
+#: The entry of ``StepContext.shared`` that holds this rank's salt (absent on rank 0).
+RANK = "_rank"
+
+
 class StepContext:
     """What a transform may read besides its own state during one step of one group.
 
@@ -159,9 +163,17 @@ class StepContext:
         """32 random bits (int64) per element of the i-th tensor of this chunk."""
         return rng.random_bits(self.keys[i], like.numel(), like.device, stream)
 
-    def uniform(self, i: int, like: Tensor, stream: int = rng.STREAM_SIGN) -> Tensor:
-        """Uniform noise on (-1, 1) shaped like the i-th tensor, float32."""
-        return rng.uniform_pm1(self.bits(i, like, stream))
+    def uniform(
+        self, i: int, like: Tensor, stream: int = rng.STREAM_SIGN, per_rank: bool = False
+    ) -> Tensor:
+        """Uniform noise on (-1, 1) shaped like the i-th tensor, float32. ``per_rank``: an
+        independent draw on each rank of a vote (the keys are the same on every rank, so
+        that what must agree, a bf16 parameter's rounding, does; the executor hands the
+        rank's salt in ``shared[RANK]``)."""
+        key = self.keys[i]
+        if per_rank and RANK in self.shared:
+            key = rng.mix32_i32(key ^ self.shared[RANK]["key"])
+        return rng.uniform_pm1(rng.random_bits(key, like.numel(), like.device, stream))
 
     def rounding_bits(self, i: int, dst: Tensor, stream: int) -> Tensor:
         """16 random bits per element (in the low half) for stochastically rounding a write

@@ -67,7 +67,7 @@ class StochasticSign(Transform):
         num = _need(u, "num", "StochasticSign")
         scale = _need(u, "scale", "StochasticSign")
         u.direction = [
-            torch.sign(_finite(a) + _finite(s) * ctx.uniform(i, a, rng.STREAM_SIGN))
+            torch.sign(_finite(a) + _finite(s) * ctx.uniform(i, a, rng.STREAM_SIGN, per_rank=True))
             for i, (a, s) in enumerate(zip(num, scale))
         ]
         return u, state

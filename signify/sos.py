@@ -18,7 +18,8 @@ and bisects ``log gamma`` for the fixed point ``gamma^2 = phi(gamma)``: a probe 
 
 This is a host-side utility: it reads losses and norms with ``.item()``; it is not an
 optimizer. The closure is called like a torch.optim closure: it recomputes the loss at the
-current parameters, fills ``.grad`` and returns the loss.
+current parameters, fills ``.grad`` and returns the loss (SOS sets ``.grad`` to None before
+each call, so the closure need not zero it).
 
 Example::
 
@@ -57,6 +58,8 @@ class SOSResult:
 
 
 def _grads(params: list[Tensor], closure: Callable[[], Any]) -> tuple[float, list[Tensor]]:
+    for p in params:
+        p.grad = None  # a closure that does not zero them would otherwise accumulate
     with torch.enable_grad():
         loss = closure()
     grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
@@ -109,6 +112,8 @@ def sos(
         final_run: leave the parameters at the end of a run with the found step (one more
             run), instead of at ``x_0``.
     """
+    if isinstance(params, Tensor):
+        raise TypeError("params must be an iterable of tensors, got a single tensor")
     params = list(params)
     for name, n in (("steps", steps), ("budget", budget)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:

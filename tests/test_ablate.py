@@ -400,3 +400,20 @@ def test_parallel_jobs_match_the_sequential_plan(tmp_path):
     assert all(r["final_val_loss"] >= 2.87 for r in by["sign"]["runs"])
     with pytest.raises(ValueError, match="jobs"):
         run_study(study, variants, jobs=0)
+
+
+def test_alias_option_two_runs_in_a_study(tmp_path):
+    """The runner hands the training loss to the optimizer: ALIAS option II reads f(x_0)."""
+    study = StudyConfig(task="nonsmooth", steps=5, seeds=(0,), out=str(tmp_path / "alias2"))
+    variants = from_tables(
+        [
+            {
+                "name": "alias2",
+                "optimizer": "SGD",
+                "stepsize": {"class": "signify.transforms.stepsize_alias:Alias", "f_lower": 0.0},
+            }
+        ]
+    )
+    record = run_study(study, variants, progress=False, plots=False, jobs=1)
+    (alias2,) = record["variants"]
+    assert alias2["error"] is None and alias2["runs"][0]["status"] == "ok"

@@ -94,5 +94,22 @@ def test_sos_bad_input():
         sos.sos([x], cl, 5, rtol=-1)
     with pytest.raises(TypeError, match="params"):
         sos.sos([], cl, 5)
+    with pytest.raises(TypeError, match="single tensor"):
+        sos.sos(x, cl, 5)
     with pytest.raises(TypeError, match="closure"):
         sos.sos([x], None, 5)
+
+
+def test_a_closure_that_accumulates_gradients_finds_the_same_step():
+    """A torch-style closure that calls backward() without zeroing .grad: SOS clears it."""
+    problem = convex.synthetic("logistic", n=200, d=10, seed=int(torch.randint(0, 1000, ())))
+    x = problem.x0().requires_grad_(True)
+    ref = sos.sos([x], _closure(problem, x), 100, budget=6)
+
+    def accumulating():
+        f, g = problem.loss_grad(x.detach())
+        x.grad = g if x.grad is None else x.grad + g  # what loss.backward() does
+        return f
+
+    got = sos.sos([x], accumulating, 100, budget=6)
+    assert got.gamma == ref.gamma and [p.gamma for p in got.probes] == [p.gamma for p in ref.probes]

@@ -480,3 +480,40 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="direction"):
         signify.signify(torch.optim.SGD, [Alias(), Sign()])
     assert isinstance(make_stepsize("alias"), StepsizeOracle)
+
+
+@pytest.mark.parametrize("scope", ["global", "group"])
+def test_stepsizes_report_the_last_step_when_a_tensor_sat_out(scope):
+    """A tensor without a gradient keeps its old step: the report is the step just taken."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(4) * 1e-3)
+    opt = signify.signify(torch.optim.SGD, stepsize=Alias(scope=scope))([a, b])
+    for t in range(6):
+        a.grad = torch.randn(3) if t == 0 else None
+        b.grad = torch.randn(4)
+        before = b.detach().clone()
+        opt.step()
+    moved = (b.detach() - before).abs().max().item()
+    assert opt.stepsizes()[0].item() == pytest.approx(moved, rel=2e-3)  # float32 ulps
+
+
+def test_blocks_that_drop_state_with_a_stepsize_oracle_warn():
+    """The default inactive='drop' deletes ALIAS's previous gradients at each switch: one
+    block a step then keeps gamma at gamma_0 for good, which the warning says."""
+    from signify.transforms.blocks import Blocks
+
+    with pytest.warns(UserWarning, match="inactive='keep'"):
+        cls = signify.signify(torch.optim.SGD, blocks="cyclic", stepsize="alias")
+    lin = [torch.nn.Linear(3, 3) for _ in range(3)]
+    model = torch.nn.Sequential(*lin)
+    opt = cls(model.named_parameters())
+    for _ in range(6):
+        model(torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    assert opt.stepsizes()[0].item() == pytest.approx(1e-3)  # what the warning is about
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        signify.signify(torch.optim.SGD, blocks=Blocks("cyclic", inactive="keep"), stepsize="alias")

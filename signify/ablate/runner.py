@@ -191,6 +191,8 @@ def _train(
     status = "ok"
     for step in range(1, steps + 1):
         loss = task.train_step(step)
+        if hasattr(opt, "set_loss"):
+            opt.set_loss(loss)  # ALIAS option II reads f(x_0), the first step's loss
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()

@@ -313,18 +313,23 @@ class StepsizeOracle(Transform):
     def stepsizes(self, opt: SignifiedOptimizer) -> list[Tensor]:
         """Per group, the step taken in the last step, ``gamma * lr`` (times the base's own
         per-tensor factor, if any): a 0-d tensor, or a 1-D tensor over the group's
-        parameters for ``scope="tensor"``. Nothing is synchronised until they are read."""
+        parameters for ``scope="tensor"`` (each the step that tensor took last). Nothing is
+        synchronised until they are read."""
         key = self.state_prefix + "s_prev"
         mine = opt._shared.get(self.name, {})
+        plan = opt._executor._plan
+        last = {id(p) for p in plan.grad_params} if plan is not None else set()
         out: list[Tensor] = []
         pos = 0
         for gi, group in enumerate(opt.param_groups):
             ps = group["params"]
             taken = [opt.state[p][key] for p in ps if key in opt.state.get(p, {})]
+            # a tensor without a gradient in the last step keeps an older step
+            latest = [opt.state[p][key] for p in ps if id(p) in last and key in opt.state[p]]
             if self.scope == "tensor" and len(taken) == len(ps) and taken:
                 out.append(torch.stack([t.reshape(()) for t in taken]))
-            elif self.scope != "tensor" and taken:
-                out.append(taken[0].reshape(()))
+            elif self.scope != "tensor" and (latest or taken):
+                out.append((latest or taken)[0].reshape(()))
             elif "gamma" in mine:  # before the first step: the estimate times lr
                 slot = (
                     slice(pos, pos + len(ps))

@@ -10,7 +10,10 @@ fails a check raises ValueError/TypeError and leaves the optimizer as it was.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
@@ -60,7 +63,10 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
+        # torch runs the post hooks inside its state_dict(): hold them back so that they see
+        # the whole state, signify's entry included
+        with _held(self, "_optimizer_state_dict_post_hooks") as post_hooks:
+            sd = super().state_dict()
         shared = {
             name: {
                 k: (v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v))
@@ -75,6 +81,10 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
             "shared": shared,
             "extra": {t.name: x for t in self._chain if (x := t.extra_state()) is not None},
         }
+        for hook in post_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -87,6 +97,22 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         ):
             raise TypeError("state_dict must be a dict returned by an optimizer's state_dict()")
         state_dict = dict(state_dict)
+        # torch runs the hooks inside its load; here pre hooks run first (they may mend a
+        # state before it is checked, and see signify's entry) and post hooks last
+        pre_hooks = self._optimizer_load_state_dict_pre_hooks
+        post_hooks = self._optimizer_load_state_dict_post_hooks
+        for pre in pre_hooks.values():
+            result = pre(self, state_dict)
+            if result is not None:
+                state_dict = result
+        with _held(self, "_optimizer_load_state_dict_pre_hooks"):
+            with _held(self, "_optimizer_load_state_dict_post_hooks"):
+                self._load(state_dict)
+        for post in post_hooks.values():
+            post(self)
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
         extra = state_dict.pop("signify", None)
         if extra is not None:
             self._check_extra(extra)
@@ -95,6 +121,9 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         before = self._snapshot()
         try:
             super().load_state_dict(state_dict)
+            for group, old in zip(self.param_groups, before["param_groups"]):
+                for k, v in old.items():  # keys a torch checkpoint of the base lacks
+                    group.setdefault(k, v)  # (the chain's: decoupled_wd, scale_beta, ...)
             for p in self.all_params():
                 st = self.state.get(p)
                 if st:
@@ -240,6 +269,8 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         st = self._adapter.migrate(dict(st), p)
         dtype = self.options.state_dtype
         for k, v in st.items():
+            if k.endswith("step") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = torch.tensor(float(v))  # torch < 1.12 saved step counters as numbers
             if not isinstance(v, Tensor):
                 continue
             if k.endswith("step") and v.dim() == 0:
@@ -247,6 +278,17 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
             elif dtype is not None and v.is_floating_point() and v.dim() > 0:
                 st[k] = v.to(dtype=dtype)
         return st
+
+
+@contextlib.contextmanager
+def _held(opt: torch.optim.Optimizer, hooks: str) -> Iterator[OrderedDict[Any, Any]]:
+    """Take the hooks ``opt.<hooks>`` away for the block (they are yielded to run by hand)."""
+    held = getattr(opt, hooks)
+    setattr(opt, hooks, OrderedDict())
+    try:
+        yield held
+    finally:
+        setattr(opt, hooks, held)
 
 
 def _load_extra(t: Transform, saved: Any) -> None:

@@ -15,6 +15,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import numbers
+import sys
+import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -23,9 +27,17 @@ from torch import Tensor
 
 from . import validation
 from .adapters import adapter_for
+from .adapters.base import check_supported
 from .checkpoint import CheckpointedOptimizer
 from .executor import Executor
-from .options import CHECKED_OPTIONS, RUNTIME_OPTIONS, Options, build_chain, check_options
+from .options import (
+    CHECKED_OPTIONS,
+    RUNTIME_OPTIONS,
+    Options,
+    build_chain,
+    check_options,
+    warn_blocks_drop_stepsize,
+)
 from .transforms.base import Transform
 
 __all__ = ["SignifiedOptimizer", "signify"]
@@ -37,6 +49,7 @@ class SignifiedOptimizer(CheckpointedOptimizer):
     base: ClassVar[type[torch.optim.Optimizer]]
     options: ClassVar[Options]
     _base_params: ClassVar[dict[str, Any]]  # base hyperparameter name -> default
+    _token: ClassVar[str]  # names the class in this process (pickling, `_rebuild`)
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         params = validation.check_params(params)
@@ -45,7 +58,16 @@ class SignifiedOptimizer(CheckpointedOptimizer):
             current = {f: getattr(self.options, f) for f in CHECKED_OPTIONS}
             check_options(**{**current, **overrides})
             self.options = dataclasses.replace(self.options, **overrides)  # type: ignore[misc]
-        hyper = self._bind_hyper(args, kwargs)
+        hyper, base_keys = self._bind_hyper(args, kwargs)
+        validation.check_hyper(hyper, self.base)
+        # The base, built on a throwaway tensor, checks its own hyperparameters and tells the
+        # group keys its __init__ sets beyond its signature (a subclass's super() call).
+        built = validation.check_with_base(self.base, {k: hyper[k] for k in base_keys})
+        if built is not None:
+            for k in base_keys - set(self._base_params) - set(built):
+                del hyper[k]  # a subclass's own keyword, consumed by its __init__
+            for k, v in built.items():
+                hyper.setdefault(k, v)
         adapter = adapter_for(self.base, hyper)
         adapter.validate(hyper)
         self._adapter = adapter
@@ -53,7 +75,6 @@ class SignifiedOptimizer(CheckpointedOptimizer):
         for t in self._chain:
             hyper.update({k: v for k, v in t.hyper_defaults.items() if k not in hyper})
         validation.check_hyper(hyper, self.base)
-        validation.check_with_base(self.base, {k: hyper[k] for k in self._base_params})
         self._shared: dict[str, dict[str, Any]] = {}
         self._seed = self.options.seed
         if self._seed is None:
@@ -73,7 +94,11 @@ class SignifiedOptimizer(CheckpointedOptimizer):
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def _bind_hyper(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _bind_hyper(
+        cls, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], set[str]]:
+        """The hyperparameters as the base's signature binds them, and which of them go to
+        the base (the rest are the transforms'). A base with ``**kwargs`` takes unknown ones."""
         names = list(cls._base_params)
         if len(args) > len(names):
             raise TypeError(
@@ -94,14 +119,17 @@ class SignifiedOptimizer(CheckpointedOptimizer):
             if lr_default is not None and "lr" in hyper and "lr" not in explicit:
                 hyper["lr"] = lr_default
         transform_keys |= {"scale_beta"}
+        base_keys = set(names)
         for name, value in kwargs.items():
             if name not in cls._base_params and name not in transform_keys:
-                raise TypeError(f"{cls.__name__} got an unexpected keyword argument {name!r}")
+                if not _takes_var_keywords(cls.base):
+                    raise TypeError(f"{cls.__name__} got an unexpected keyword argument {name!r}")
+                base_keys.add(name)
             hyper[name] = value
         for name, value in hyper.items():
             if value is inspect.Parameter.empty:
                 raise TypeError(f"{cls.__name__} missing required argument {name!r}")
-        return hyper
+        return hyper, base_keys
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not isinstance(param_group, dict):
@@ -111,6 +139,7 @@ class SignifiedOptimizer(CheckpointedOptimizer):
         params = param_group["params"]
         if isinstance(params, Tensor):
             params = [params]
+        validation.check_ordered("param_group['params']", params)
         params = list(params) if params is not None else []
         if params and all(isinstance(p, tuple) and len(p) == 2 for p in params):
             # Named parameters (model.named_parameters()), also on torch < 2.6.
@@ -122,6 +151,7 @@ class SignifiedOptimizer(CheckpointedOptimizer):
         validation.check_group_params(param_group["params"])
         group_hyper = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
         validation.check_hyper(group_hyper, self.base)
+        check_supported(group_hyper)
         super().add_param_group(param_group)
         executor = getattr(self, "_executor", None)
         if executor is not None:
@@ -142,7 +172,10 @@ class SignifiedOptimizer(CheckpointedOptimizer):
                 raise TypeError(f"closure must be callable or None, got {type(closure).__name__}")
             with torch.enable_grad():
                 loss = closure()
-            self.set_loss(loss)
+            if _is_loss(loss):
+                self.set_loss(loss)
+            else:  # passed through, as torch does; a transform that needs the loss says so
+                self.set_loss(None)
         self._executor.step()
         return loss
 
@@ -155,7 +188,7 @@ class SignifiedOptimizer(CheckpointedOptimizer):
                 raise ValueError(
                     f"loss must be a real 1-element tensor, got shape {tuple(loss.shape)}"
                 )
-        elif loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+        elif loss is not None and (isinstance(loss, bool) or not isinstance(loss, numbers.Real)):
             raise TypeError(f"loss must be a tensor, a number or None, got {type(loss).__name__}")
         self.last_loss = loss.detach() if isinstance(loss, Tensor) else loss
 
@@ -227,6 +260,31 @@ class SignifiedOptimizer(CheckpointedOptimizer):
         if "_chain" in state:
             self._executor = self._make_executor(compile_)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A class made by signify() is no module attribute, so pickle cannot find it by
+        # name: rebuild it from its base and options (the same class within this process).
+        cls = type(self)
+        module = sys.modules.get(cls.__module__)
+        if getattr(module, cls.__qualname__, None) is cls:
+            return super().__reduce_ex__(protocol)
+        return _rebuild, (cls.base, cls.options, cls._token), self.__getstate__()
+
+
+_CLASSES: weakref.WeakValueDictionary[str, type[SignifiedOptimizer]] = weakref.WeakValueDictionary()
+
+
+def _rebuild(base: type[torch.optim.Optimizer], options: Options, token: str) -> Any:
+    """An empty instance of the class ``signify`` made for ``base`` and ``options`` (the
+    class itself when it still exists in this process); pickle then sets its state."""
+    cls = _CLASSES.get(token) or _make_class(base, options)
+    return cls.__new__(cls)
+
+
+def _is_loss(x: Any) -> bool:
+    if isinstance(x, Tensor):
+        return x.numel() == 1 and not x.is_complex()
+    return x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool))
+
 
 def _compile_by_default(params: Sequence[Tensor]) -> bool:
     """Compile on CUDA where torch.compile works (Triton importable); eager elsewhere."""
@@ -237,6 +295,11 @@ def _compile_by_default(params: Sequence[Tensor]) -> bool:
     except ImportError:
         return False
     return True
+
+
+def _takes_var_keywords(base: type[torch.optim.Optimizer]) -> bool:
+    sig = inspect.signature(base.__init__)
+    return any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
 def _base_hyperparameters(base: type[torch.optim.Optimizer]) -> dict[str, Any]:
@@ -362,7 +425,14 @@ def signify(
 def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[SignifiedOptimizer]:
     if issubclass(base, SignifiedOptimizer):
         raise TypeError(f"{base.__name__} is already signified")
+    closure = inspect.signature(base.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise TypeError(
+            f"{base.__name__}.step needs a closure (it re-evaluates the loss, e.g. for a line "
+            "search): signify converts optimizers whose step reads the gradients once"
+        )
     chain = build_chain(adapter_for(base), options)  # a malformed chain fails here
+    warn_blocks_drop_stepsize(chain)
     if options.flatten:
         from .flat import check_chain
 
@@ -372,6 +442,11 @@ def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[Sig
     base_params = _base_hyperparameters(base)
 
     def from_optimizer(cls: type[SignifiedOptimizer], opt: torch.optim.Optimizer) -> Any:
+        if not isinstance(opt, base):
+            raise TypeError(
+                f"opt must be a {base.__name__} (the base of {cls.__name__}), "
+                f"got {type(opt).__name__}"
+            )
         groups = []
         for g in opt.param_groups:
             g2 = {k: v for k, v in g.items() if k in base_params or k in ("params", "param_names")}
@@ -387,15 +462,19 @@ def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[Sig
         f"{base.__module__}.{base.__qualname__} converted by signify.\n\n"
         f"Constructed like the base: ({', '.join(base_params)})."
     )
-    return type(
+    token = uuid.uuid4().hex
+    cls = type(
         name,
         (SignifiedOptimizer,),
         {
             "base": base,
             "options": options,
             "_base_params": base_params,
+            "_token": token,
             "from_optimizer": classmethod(from_optimizer),
             "__doc__": doc,
             "__module__": "signify",
         },
     )
+    _CLASSES[token] = cls
+    return cls

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from typing import Any
 
 import torch
@@ -79,6 +80,22 @@ class Options:
 
             out.append(make_stepsize(self.stepsize))
         return out
+
+
+def warn_blocks_drop_stepsize(middle: list[Transform]) -> None:
+    """Warn (to the caller of `signify`) of a pairing that silently keeps a stepsize fixed."""
+    from .transforms.blocks import Blocks
+    from .transforms.stepsize import StepsizeOracle
+
+    drops = any(isinstance(t, Blocks) and t.inactive == "drop" for t in middle)
+    if drops and any(isinstance(t, StepsizeOracle) for t in middle):
+        warnings.warn(
+            "a stepsize oracle with blocks whose inactive state is dropped (the default "
+            "inactive='drop') loses each block's previous gradient at every switch: with one "
+            "block a step the estimate never leaves its first step. Use "
+            "Blocks(..., inactive='keep') (docs/stepsize.md)",
+            stacklevel=4,  # here, _make_class, signify, the user's line
+        )
 
 
 def build_chain(adapter: Adapter, options: Options) -> list[Transform]:

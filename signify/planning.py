@@ -12,6 +12,7 @@ nor reads the base's sizes on every call.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,16 @@ from .sharding import local
 from .transforms.base import State
 
 _NOT_PARAMS = ("params", "param_names")
+_FROM_TENSOR = object()  # the cached value came from a tensor: compare no number equal to it
+
+
+def _is_scalar_tensor(v: Any) -> bool:
+    return isinstance(v, Tensor) and v.numel() == 1 and not v.is_complex()
+
+
+def _is_entry(x: Any) -> bool:
+    """A number or a 1-element tensor: an entry of a tuple hyperparameter such as betas."""
+    return _is_scalar_tensor(x) or (isinstance(x, numbers.Real) and not isinstance(x, bool))
 
 
 class HyperCache:
@@ -50,15 +61,24 @@ class HyperCache:
         for name, v in group.items():
             if name in _NOT_PARAMS or isinstance(v, bool) or v is None or isinstance(v, str):
                 continue
-            if isinstance(v, Tensor):
-                if v.numel() == 1:
-                    t = self._slot(tensors, name, 0, device)
-                    t.copy_(v.detach().reshape(()), non_blocking=True)
-            elif isinstance(v, (int, float)):
+            if _is_scalar_tensor(v):
+                t = self._slot(tensors, name, 0, device)
+                t.copy_(v.detach().reshape(()), non_blocking=True)
+                values[name] = _FROM_TENSOR  # a later number must be written again
+            elif isinstance(v, numbers.Real):  # numpy scalars too (np.float32 is no float)
                 if values.get(name) != v or name not in tensors:
                     self._slot(tensors, name, 0, device).fill_(float(v))  # no sync
                     values[name] = v
-            elif isinstance(v, (tuple, list)) and v and all(isinstance(x, (int, float)) for x in v):
+            elif isinstance(v, (tuple, list)) and v and all(_is_entry(x) for x in v):
+                if any(isinstance(x, Tensor) for x in v):  # betas=(tensor(.9), tensor(.999))
+                    t = self._slot(tensors, name, len(v), device)
+                    for i, x in enumerate(v):
+                        if isinstance(x, Tensor):
+                            t[i].copy_(x.detach().reshape(()), non_blocking=True)
+                        else:
+                            t[i].fill_(float(x))
+                    values[name] = _FROM_TENSOR
+                    continue
                 tv = tuple(float(x) for x in v)
                 if values.get(name) != tv or name not in tensors:
                     t = self._slot(tensors, name, len(tv), device)

@@ -36,6 +36,14 @@ def _pair(name: str, betas: Any) -> tuple[float, float]:
     return _number(f"{name}[0]", betas[0]), _number(f"{name}[1]", betas[1])
 
 
+def _betas(betas: Any) -> tuple[float, float]:
+    """StoSignSGD's ``(beta1, beta2)``: momentum in [0, 1), the running max's decay in (0, 1]."""
+    b1, b2 = _pair("betas", betas)
+    _in("betas[0]", b1, 0.0, 1.0, open_lo=False, open_hi=True)
+    _in("betas[1]", b2, 0.0, 1.0, open_lo=True, open_hi=False)
+    return b1, b2
+
+
 def _in(name: str, x: Any, lo: float, hi: float, *, open_lo: bool, open_hi: bool) -> float:
     """``x`` in the interval, else a ValueError naming the preset's own argument."""
     v = _number(name, x)
@@ -49,8 +57,32 @@ def _weight_decay(wd: Any) -> float:
     return _in("weight_decay", wd, 0.0, math.inf, open_lo=False, open_hi=True)
 
 
-class Signum(_SignumBase):  # type: ignore[misc, valid-type]
-    """Signum: sign of an EMA momentum, decoupled weight decay. ``momentum=0`` is signSGD."""
+class _PresetGroups:
+    """Param groups in the preset's own terms: a group's ``weight_decay`` (and ``momentum``
+    or ``betas``) means what the constructor's does, as in the "decay / no decay" groups
+    training scripts build. `_translate` maps them onto the base's and the chain's keys."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group, dict):
+            param_group = dict(param_group)
+            if "weight_decay" in param_group:
+                param_group["decoupled_wd"] = _weight_decay(param_group.pop("weight_decay"))
+                param_group["weight_decay"] = 0.0  # the base's L2 term stays off
+            self._translate(param_group)
+        super().add_param_group(param_group)  # type: ignore[misc]
+
+    def _translate(self, group: dict[str, Any]) -> None:
+        pass
+
+
+class Signum(_PresetGroups, _SignumBase):  # type: ignore[misc, valid-type]
+    """Signum: sign of an EMA momentum, decoupled weight decay. ``momentum=0`` is signSGD.
+    A param group may set its own ``lr``, ``momentum`` and (decoupled) ``weight_decay``."""
+
+    def _translate(self, group: dict[str, Any]) -> None:
+        if "momentum" in group:
+            m = _in("momentum", group["momentum"], 0.0, 1.0, open_lo=False, open_hi=True)
+            group["momentum"] = group["dampening"] = m
 
     def __init__(
         self,
@@ -72,9 +104,15 @@ class Signum(_SignumBase):  # type: ignore[misc, valid-type]
         )
 
 
-class StoSignSGD(_StoSignBase):  # type: ignore[misc, valid-type]
+class StoSignSGD(_PresetGroups, _StoSignBase):  # type: ignore[misc, valid-type]
     """StoSignSGD (Alg. 3). ``betas = (beta1, beta2)``: momentum and running-max decay
-    (``beta2 = 1``, the default, is the pure running max of the paper's theory)."""
+    (``beta2 = 1``, the default, is the pure running max of the paper's theory). A param
+    group may set its own ``lr``, ``betas`` and (decoupled) ``weight_decay``."""
+
+    def _translate(self, group: dict[str, Any]) -> None:
+        if "betas" in group:
+            b1, b2 = _betas(group.pop("betas"))
+            group.update(momentum=b1, dampening=b1, scale_beta=b2)
 
     def __init__(
         self,
@@ -84,9 +122,7 @@ class StoSignSGD(_StoSignBase):  # type: ignore[misc, valid-type]
         weight_decay: float = 0.0,
         **options: Any,
     ) -> None:
-        b1, b2 = _pair("betas", betas)
-        _in("betas[0]", b1, 0.0, 1.0, open_lo=False, open_hi=True)
-        _in("betas[1]", b2, 0.0, 1.0, open_lo=True, open_hi=False)  # the running max's decay
+        b1, b2 = _betas(betas)
         super().__init__(
             params,
             lr=lr,
@@ -98,8 +134,9 @@ class StoSignSGD(_StoSignBase):  # type: ignore[misc, valid-type]
         )
 
 
-class SignAdamax(_SignAdamaxBase):  # type: ignore[misc, valid-type]
-    """Sign-converted AdaMax (Alg. 9): unbiased for torch Adamax's ``m_hat / u``."""
+class SignAdamax(_PresetGroups, _SignAdamaxBase):  # type: ignore[misc, valid-type]
+    """Sign-converted AdaMax (Alg. 9): unbiased for torch Adamax's ``m_hat / u``. A param
+    group may set its own ``lr``, ``betas``, ``eps`` and (decoupled) ``weight_decay``."""
 
     def __init__(
         self,

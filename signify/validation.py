@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,7 +49,7 @@ def _number(name: str, value: Any) -> float:
         if value.is_complex():
             raise TypeError(f"{name} must be real, got a complex tensor")
         return float(value.detach().float().cpu().item())
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars pass
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
 
@@ -104,18 +105,25 @@ def check_hyper(hyper: Mapping[str, Any], base: type[torch.optim.Optimizer]) -> 
             check_bool(name, value)
 
 
-def check_with_base(base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> None:
-    """Let the base class validate its own hyperparameters on a throwaway parameter."""
+def check_with_base(
+    base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Let the base class validate its own hyperparameters on a throwaway parameter; returns
+    the group it built (without ``params``), or None for a base that cannot be built so."""
     from .adapters.base import IMPLEMENTATION_OPTIONS
 
     kwargs = {k: v for k, v in hyper.items() if k not in IMPLEMENTATION_OPTIONS}
     dummy = torch.zeros(1, requires_grad=True)
     try:
-        base([dummy], **kwargs)
+        built = base([dummy], **kwargs)
     except (ValueError, TypeError) as e:
         raise type(e)(f"{base.__name__}: {e}") from None
     except Exception:  # a base that cannot be built on one dummy tensor checks nothing here
-        return
+        return None
+    groups = getattr(built, "param_groups", None)
+    if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)):
+        return None
+    return {k: v for k, v in groups[0].items() if k not in ("params", "param_names")}
 
 
 def check_seed(seed: Any) -> None:
@@ -133,6 +141,7 @@ def check_params(params: Any) -> list[Any]:
             "params must be an iterable of tensors, dicts (param groups) or (name, tensor) "
             f"pairs, got {kind}"
         )
+    check_ordered("params", params)
     try:
         return list(params)
     except TypeError:
@@ -140,6 +149,15 @@ def check_params(params: Any) -> list[Any]:
             "params must be an iterable of tensors, dicts (param groups) or (name, tensor) "
             f"pairs, got {type(params).__name__}"
         ) from None
+
+
+def check_ordered(name: str, params: Any) -> None:
+    # torch's rule: the noise (keyed by position) and checkpoints rely on a fixed order
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(
+            f"{name} must be an ordered collection (a list), not a set: the order of a set's "
+            "tensors changes between runs"
+        )
 
 
 def check_group_params(params: list[Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -38,7 +39,7 @@ def adapter_for(
     base without a hand-written adapter, e.g. to check one path against the other)."""
     for cls in ADAPTERS:
         for known in cls.bases:
-            if base is known or (issubclass(base, known) and base.step is known.step):
+            if base is known or (issubclass(base, known) and _same_step(base, known)):
                 return cls(base)
     if os.environ.get("SIGNIFY_TRACED", "1") != "0":
         from .traced import TracedAdapter
@@ -51,9 +52,13 @@ def adapter_for(
     return GenericAdapter(base)
 
 
-def _defaults(base: type[torch.optim.Optimizer]) -> dict[str, Any]:
-    import inspect
+def _same_step(base: type[torch.optim.Optimizer], known: type[torch.optim.Optimizer]) -> bool:
+    # torch wraps a class's step in a profiling hook when its first instance is built, so a
+    # subclass built once has a wrapper of the same step: compare what the wrappers wrap
+    return inspect.unwrap(base.step) is inspect.unwrap(known.step)
 
+
+def _defaults(base: type[torch.optim.Optimizer]) -> dict[str, Any]:
     params = list(inspect.signature(base.__init__).parameters.values())[2:]
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 

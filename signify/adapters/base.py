@@ -29,6 +29,12 @@ from ..transforms.base import StepContext, Transform, Update, up
 IMPLEMENTATION_OPTIONS = ("foreach", "fused", "capturable")
 
 
+def check_supported(hyper: Mapping[str, Any]) -> None:
+    """Settings no adapter honours, in the constructor or in a param group."""
+    if hyper.get("differentiable", False):
+        raise ValueError("differentiable=True is not supported by signify")
+
+
 class Adapter(Transform):
     """Base class of adapters. ``bases`` lists the optimizer classes it implements."""
 
@@ -51,8 +57,7 @@ class Adapter(Transform):
 
     def validate(self, hyper: Mapping[str, Any]) -> None:
         """Reject settings signify cannot honour (the base has already checked its own)."""
-        if hyper.get("differentiable", False):
-            raise ValueError("differentiable=True is not supported by signify")
+        check_supported(hyper)
 
     # helpers for subclasses -------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,222 @@
+"""torch.optim conventions found broken by exploratory testing (2026-12-07), each checked
+against torch.optim itself or a float64 formula written here."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import signify
+
+
+def _pair(n: int = 6, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = torch.randn(n, generator=g)
+    return x.clone().requires_grad_(), x.clone().requires_grad_()
+
+
+def _run_both(opt_a, opt_b, pa, pb, steps=4, change=None):  # type: ignore[no-untyped-def]
+    for i in range(steps):
+        g = torch.randn_like(pa)
+        pa.grad, pb.grad = g.clone(), g.clone()
+        if change is not None:
+            change(opt_a, i)
+            change(opt_b, i)
+        opt_a.step()
+        opt_b.step()
+    return (pa - pb).abs().max().item()
+
+
+# ------------------------------------------------------------------- presets' param groups
+def test_signum_group_weight_decay_is_decoupled_and_momentum_an_ema():
+    """A group's weight_decay means the constructor's (decoupled), not the base's L2."""
+    a, b = _pair(), _pair()
+    pa, pb = a[0], b[0]
+    opt = signify.Signum(
+        [{"params": [pa], "weight_decay": 0.1, "momentum": 0.5}, {"params": [pb]}],
+        lr=0.1,
+        weight_decay=0.5,
+    )
+    x = [pa.detach().double().clone(), pb.detach().double().clone()]
+    m: list[torch.Tensor | None] = [None, None]
+    for _ in range(3):
+        gs = [torch.randn(6), torch.randn(6)]
+        pa.grad, pb.grad = gs[0].clone(), gs[1].clone()
+        opt.step()
+        for i, (beta, wd) in enumerate(((0.5, 0.1), (0.9, 0.5))):
+            g = gs[i].double()
+            m[i] = g if m[i] is None else beta * m[i] + (1 - beta) * g  # type: ignore[operator]
+            x[i] = x[i] - 0.1 * (torch.sign(m[i]) + wd * x[i])  # type: ignore[arg-type]
+    torch.testing.assert_close(pa.detach().double(), x[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(pb.detach().double(), x[1], rtol=0, atol=1e-6)
+    assert opt.param_groups[0]["weight_decay"] == 0.0  # the base's L2 stays off
+
+
+def test_stosignsgd_and_signadamax_groups_translate():
+    p, q = _pair()
+    opt = signify.StoSignSGD([{"params": [p], "betas": (0.5, 0.9)}, {"params": [q]}], lr=0.1)
+    g0 = opt.param_groups[0]
+    assert (g0["momentum"], g0["dampening"], g0["scale_beta"]) == (0.5, 0.5, 0.9)
+    assert "betas" not in g0
+    with pytest.raises(ValueError, match=r"betas\[1\]"):
+        signify.StoSignSGD([{"params": [p], "betas": (0.5, 1.5)}])
+    ax = signify.SignAdamax(
+        [{"params": [p], "weight_decay": 0.2}, {"params": [q]}], weight_decay=0.01
+    )
+    assert [g["decoupled_wd"] for g in ax.param_groups] == [0.2, 0.01]
+    assert [g["weight_decay"] for g in ax.param_groups] == [0.0, 0.0]
+
+
+# ------------------------------------------------------------------------ subclassed bases
+class _KwAdam(torch.optim.Adam):
+    def __init__(self, params, lr=1e-3, **kw):  # type: ignore[no-untyped-def]
+        super().__init__(params, lr=lr, **kw)
+
+
+class _AscentSGD(torch.optim.SGD):
+    """Passes maximize=True to its base internally: not in its own signature."""
+
+    def __init__(self, params, lr=0.1, momentum=0.0):  # type: ignore[no-untyped-def]
+        super().__init__(params, lr=lr, momentum=momentum, maximize=True)
+
+
+@pytest.mark.parametrize(
+    "base,kw",
+    [
+        (_KwAdam, {"lr": 0.05}),
+        (_KwAdam, {"lr": 0.05, "betas": (0.5, 0.6)}),
+        (_AscentSGD, {"momentum": 0.9}),
+    ],
+)
+def test_subclass_hyperparameters_come_from_its_init(base, kw):
+    base([torch.zeros(1, requires_grad=True)])  # torch wraps its step: the adapter still fits
+    pa, pb = _pair()
+    opt = signify.signify(base, sign=False)([pa], **kw)
+    assert type(opt.chain[0]).__name__ in ("AdamAdapter", "SGDAdapter")
+    assert _run_both(opt, base([pb], **kw), pa, pb) < 1e-6
+
+
+def test_subclass_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="betaz"):
+        signify.signify(_KwAdam)([torch.zeros(2, requires_grad=True)], betaz=(0.5, 0.6))
+
+
+# ------------------------------------------------------------------- hyperparameter values
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda o, i: o.param_groups[0].__setitem__("lr", np.float32(0.05 * (i + 1))),
+        lambda o, i: o.param_groups[0].__setitem__("lr", torch.tensor(0.5) if i == 1 else 0.1),
+        lambda o, i: (
+            o.param_groups[0].__setitem__("betas", (torch.tensor(0.8), 0.9)) if i == 2 else None
+        ),
+    ],
+    ids=["numpy-lr", "tensor-then-float-lr", "tensor-betas"],
+)
+def test_changed_hyperparameters_are_used_like_torch(change):
+    pa, pb = _pair()
+    opt = signify.signify(torch.optim.Adam, sign=False)([pa], lr=0.1)
+    assert _run_both(opt, torch.optim.Adam([pb], lr=0.1), pa, pb, change=change) < 1e-5
+
+
+def test_numpy_and_tensor_hyperparameters_at_construction():
+    pa, pb = _pair()
+    kw = {"lr": np.float32(0.1), "betas": (torch.tensor(0.9), torch.tensor(0.99))}
+    opt = signify.signify(torch.optim.Adam, sign=False)([pa], **kw)
+    assert _run_both(opt, torch.optim.Adam([pb], **kw), pa, pb) < 1e-5
+
+
+# -------------------------------------------------------------------------- checkpoints
+def test_torch_checkpoint_keeps_the_chains_group_keys():
+    p, _ = _pair()
+    t = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.randn(6)
+    t.step()
+    q = p.detach().clone().requires_grad_()
+    sto = signify.signify(torch.optim.SGD, stochastic=True)([q], lr=0.1, momentum=0.9)
+    sto.load_state_dict(copy.deepcopy(t.state_dict()))
+    q.grad = torch.randn(6)
+    sto.step()  # needs scale_beta, which the torch checkpoint lacks
+    assert sto.param_groups[0]["scale_beta"] == 1.0
+    sig = signify.Signum([q], lr=0.1, weight_decay=0.5)
+    sig.load_state_dict(copy.deepcopy(t.state_dict()))
+    assert sig.param_groups[0]["decoupled_wd"] == 0.5
+
+
+def test_checkpoint_with_number_step_loads():
+    p, _ = _pair()
+    t = torch.optim.Adam([p])
+    p.grad = torch.randn(6)
+    t.step()
+    sd = t.state_dict()
+    sd["state"][0]["step"] = 1  # torch < 1.12 saved numbers
+    opt = signify.signify(torch.optim.Adam)([p])
+    opt.load_state_dict(sd)
+    assert torch.is_tensor(opt.state[p]["step"]) and opt.state[p]["step"].item() == 1
+
+
+def test_state_dict_hooks_see_signifys_entry_and_pre_hooks_run_first():
+    p, _ = _pair()
+    opt = signify.Signum([p], lr=0.1)
+    seen: dict[str, object] = {}
+    opt.register_state_dict_post_hook(lambda o, sd: seen.update(post="signify" in sd))
+    sd = opt.state_dict()
+    assert seen["post"] is True
+
+    def mend(o, sd):  # type: ignore[no-untyped-def]
+        seen["pre"] = "signify" in sd
+        return dict(sd, param_groups=[dict(g, lr=0.3) for g in sd["param_groups"]])
+
+    bad = dict(sd, param_groups=[dict(g, lr=-5.0) for g in sd["param_groups"]])
+    opt.register_load_state_dict_pre_hook(mend)
+    opt.register_load_state_dict_post_hook(lambda o: seen.update(lpost=o.param_groups[0]["lr"]))
+    opt.load_state_dict(bad)  # refused without the hook, mended by it
+    assert seen["pre"] is True and seen["lpost"] == 0.3 == opt.param_groups[0]["lr"]
+
+
+def test_instances_of_made_classes_pickle_and_continue():
+    pa, _ = _pair()
+    opt = signify.signify(torch.optim.Adam, stochastic=True)([pa], lr=0.1, seed=3)
+    pa.grad = torch.randn(6)
+    opt.step()
+    clone = pickle.loads(pickle.dumps(opt))
+    assert type(clone) is type(opt)  # the same class within one process
+    qa = clone.param_groups[0]["params"][0]
+    g = torch.randn(6)
+    pa.grad, qa.grad = g.clone(), g.clone()
+    opt.step()
+    clone.step()
+    assert torch.equal(pa, qa)
+
+
+# ------------------------------------------------------------------------------ refusals
+def test_sets_of_parameters_are_refused_like_torch():
+    p, q = _pair()
+    with pytest.raises(TypeError, match="params"):
+        signify.signify(torch.optim.SGD)({p}, lr=0.1)
+    opt = signify.signify(torch.optim.SGD)([p], lr=0.1)
+    with pytest.raises(TypeError, match="param_group"):
+        opt.add_param_group({"params": {q}})
+    with pytest.raises(ValueError, match="differentiable"):
+        opt.add_param_group({"params": [q], "differentiable": True})
+    assert len(opt.param_groups) == 1
+
+
+def test_closure_bases_and_foreign_instances_are_refused():
+    with pytest.raises(TypeError, match="closure"):
+        signify.signify(torch.optim.LBFGS)
+    p, _ = _pair()
+    with pytest.raises(TypeError, match="opt must be a Adam"):
+        signify.signify(torch.optim.Adam).from_optimizer(torch.optim.SGD([p], lr=0.1))
+
+
+def test_a_closure_may_return_anything_as_in_torch():
+    p, _ = _pair()
+    opt = signify.signify(torch.optim.SGD)([p], lr=0.1)
+    p.grad = torch.randn(6)
+    assert opt.step(lambda: "not a loss") == "not a loss"
+    assert opt.step(lambda: np.float32(2.0)) == 2.0

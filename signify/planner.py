@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -124,11 +125,17 @@ class Planner:
             ptrs = tuple(p.data_ptr() for ps in active for p in ps)  # 0.1 us a tensor
         else:
             ptrs = tuple(local(p).data_ptr() for ps in active for p in ps)
+        state = opt.state
         return (
             tuple((tuple(map(id, ps)), self.static(g)) for ps, g in zip(active, groups)),
             ptrs,
-            id(opt.state),
-            len(opt.state),
+            id(state),
+            len(state),
+            # an entry replaced between steps (opt.state[p] = {}, state[k] = new tensor): the
+            # plan's aliases would keep stepping the old tensors. Iterated, not looked up by
+            # parameter: a tensor-keyed lookup costs a Python __hash__ call each.
+            tuple(map(id, state.values())),
+            tuple(map(id, chain.from_iterable(map(dict.values, state.values())))),
         )
 
     # ------------------------------------------------------------------ building

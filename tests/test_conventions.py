@@ -220,3 +220,22 @@ def test_a_closure_may_return_anything_as_in_torch():
     p.grad = torch.randn(6)
     assert opt.step(lambda: "not a loss") == "not a loss"
     assert opt.step(lambda: np.float32(2.0)) == 2.0
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_state_entries_replaced_between_steps_are_used_like_torch(flatten):
+    """Resetting a moment by assignment, or dropping a parameter's state, as users of torch
+    do: the next step must use the new entries (a cached plan kept the old tensors)."""
+    pa, pb = _pair()
+    opt = signify.signify(torch.optim.Adam, sign=False, flatten=flatten)([pa], lr=0.1)
+    ref = torch.optim.Adam([pb], lr=0.1)
+
+    def change(o, i):  # type: ignore[no-untyped-def]
+        p = o.param_groups[0]["params"][0]
+        if i == 2:
+            o.state[p]["exp_avg"] = torch.zeros(6)
+        if i == 3:
+            o.state[p] = {}
+
+    assert _run_both(opt, ref, pa, pb, steps=5, change=change) < 1e-5
+    assert sorted(opt.state[pa]) == sorted(ref.state[pb])

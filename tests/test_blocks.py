@@ -230,6 +230,9 @@ def test_partitions_from_names_prefixes_callables_and_lists():
     assert _same(part.blocks, [[ps[5]], [ps[1], ps[3]]])
     assert _same([part.outside_in, part.outside_out], [[ps[0]], [ps[2], ps[4], ps[6]]])
     assert resolve(ps[:2], ["0.weight", "2.weight"], None).labels == ["0", "2"]
+    # a ParameterList: each tensor is a layer of its own
+    part = resolve(ps[:3], ["ws.1", "ws.0", "head.w"], None)
+    assert part.labels == ["ws.0", "ws.1"] and _same(part.blocks, [[ps[1]], [ps[0]]])
 
 
 def test_random_rules_are_seeded_and_callable_rules_are_used():

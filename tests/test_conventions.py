@@ -239,3 +239,25 @@ def test_state_entries_replaced_between_steps_are_used_like_torch(flatten):
 
     assert _run_both(opt, ref, pa, pb, steps=5, change=change) < 1e-5
     assert sorted(opt.state[pa]) == sorted(ref.state[pb])
+
+
+def test_numpy_weight_decay_is_applied():
+    """A numpy hyperparameter is a number for the graph's settings too (decay on)."""
+    pa, pb = _pair()
+    opt = signify.signify(torch.optim.AdamW, sign=False)([pa], lr=0.1, weight_decay=np.float32(0.5))
+    assert _run_both(opt, torch.optim.AdamW([pb], lr=0.1, weight_decay=0.5), pa, pb) < 1e-5
+
+
+def test_a_warmup_from_lr_zero_compiles_nothing_new():
+    """lr only scales the step: crossing 0 must not build (and compile) a second graph set."""
+    ps = [torch.nn.Parameter(torch.randn(5)) for _ in range(3)]
+    opt = signify.signify(torch.optim.Adam, stochastic=True, compile=True)(ps, lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 3))
+    graphs = []
+    for _ in range(4):
+        for p in ps:
+            p.grad = torch.randn(5)
+        opt.step()
+        sched.step()
+        graphs.append(len(opt._executor._compiled))
+    assert graphs[0] == graphs[-1] > 0

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -202,21 +203,34 @@ class StepContext:
         dst.copy_(value)
 
 
+#: Hyperparameters that only scale a step: their value never changes a graph, so a schedule
+#: crossing 0 (a warmup from lr = 0, a cosine to 0) compiles nothing new.
+SCALE_ONLY = frozenset({"lr"})
+
+
 def freeze_static(group: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The compile-time view of a param group: bools, strings and None as they are, numbers
-    as "is non-zero", tuples element-wise. Changing one of these values recompiles."""
+    as "is non-zero" (``lr``: always True), tuples element-wise; tensors (whose value may
+    change any step) as True. Changing one of these values recompiles."""
+
+    def nonzero(k: str, x: Any) -> bool:
+        return True if isinstance(x, Tensor) or k in SCALE_ONLY else bool(x != 0)
+
+    def scalar(x: Any) -> bool:
+        if isinstance(x, Tensor):
+            return x.numel() == 1
+        return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
     out: list[tuple[str, Any]] = []
     for k, v in sorted(group.items()):
         if k in ("params", "param_names"):
             continue
         if isinstance(v, bool) or v is None or isinstance(v, str):
             out.append((k, v))
-        elif isinstance(v, (int, float)):
-            out.append((k, v != 0))
-        elif isinstance(v, Tensor) and v.numel() == 1:
-            out.append((k, True))  # a tensor hyperparameter: its value may change any step
-        elif isinstance(v, (tuple, list)) and all(isinstance(x, (int, float)) for x in v):
-            out.append((k, tuple(x != 0 for x in v)))
+        elif scalar(v):
+            out.append((k, nonzero(k, v)))
+        elif isinstance(v, (tuple, list)) and all(scalar(x) for x in v):
+            out.append((k, tuple(nonzero(k, x) for x in v)))
     return tuple(out)
 
 

@@ -43,9 +43,10 @@ _NEEDS_NAMES = (
 
 
 def layer_of(name: str) -> tuple[str, int] | None:
-    """``("transformer.h", 3)`` for ``"transformer.h.3.attn.weight"``; None if unnumbered."""
+    """``("transformer.h", 3)`` for ``"transformer.h.3.attn.weight"``, ``("ws", 3)`` for a
+    ``ParameterList``'s ``"ws.3"``; None if unnumbered."""
     parts = name.split(".")
-    for j, part in enumerate(parts[:-1]):  # the last component is the tensor's own name
+    for j, part in enumerate(parts):
         if part.isdigit():
             return ".".join(parts[:j]), int(part)
     return None

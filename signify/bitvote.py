@@ -285,6 +285,7 @@ def check_same(
         lines = "; ".join(f"rank {i}: {r}" for i, r in enumerate(rows))
         raise ValueError(
             f"majority vote: the ranks disagree on {what} ({describe()}). Every rank must "
-            f"step the same parameters, with the same shapes, in the same order. "
+            f"step the same parameters, with the same shapes, in the same order, and build "
+            f"its optimizer with the same seed= (a random block schedule follows it). "
             f"Per rank [tensors, coordinates, shape checksum, ...]: {lines}"
         )

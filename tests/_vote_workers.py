@@ -124,9 +124,14 @@ def run_compiled(group: Any) -> dict[str, Any]:
 
 def run_mismatch(group: Any, rank: int) -> list[str]:
     out = []
-    for shapes in ([(6,), (4 + rank,)], [(2, 3)] if rank == 0 else [(3, 2)]):
+    cases = [
+        ([(6,), (4 + rank,)], 0),
+        ([(2, 3)] if rank == 0 else [(3, 2)], 0),
+        ([(2, 3)], rank),  # same shapes, other seeds: random block picks would differ
+    ]
+    for shapes, seed in cases:
         params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
-        opt = signify.signify(torch.optim.SGD, vote=group)(params, lr=0.1)
+        opt = signify.signify(torch.optim.SGD, vote=group, seed=seed)(params, lr=0.1)
         for p in params:
             p.grad = torch.randn_like(p)
         before = [p.detach().clone() for p in params]
@@ -137,6 +142,14 @@ def run_mismatch(group: Any, rank: int) -> list[str]:
             unchanged = all(torch.equal(p, b) for p, b in zip(params, before))
             out.append(f"ValueError unchanged={unchanged}: {e}")
     return out
+
+
+def run_seed(group: Any, rank: int) -> int:
+    """Ranks seeded apart build unseeded vote optimizers: they must agree on one seed."""
+    torch.manual_seed(100 + rank)
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = signify.signify(torch.optim.SGD, vote=group)([p], lr=0.1)
+    return int(opt.state_dict()["signify"]["seed"])
 
 
 def run_hook(group: Any, zeros: str) -> dict[str, Any]:
@@ -179,7 +192,9 @@ def run_timeout(group: Any) -> str:
 
     p = torch.nn.Parameter(torch.randn(5))
     p.grad = torch.randn(5)
-    opt = signify.signify(torch.optim.SGD, vote=group)([p], lr=0.1)
+    # seed= given: without it, building the optimizer would already wait for rank 1 (the
+    # vote group agrees on rank 0's seed)
+    opt = signify.signify(torch.optim.SGD, vote=group, seed=0)([p], lr=0.1)
     t0 = time.perf_counter()
     try:
         opt.step()
@@ -236,6 +251,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
             result["stochastic_bf16"] = run_stochastic(groups[3], torch.bfloat16)
         if rank < 2:
             result["mismatch"] = run_mismatch(groups[2], rank)
+            result["seed"] = run_seed(groups[2], rank)
             result["compiled"] = run_compiled(groups[2])
         dist.barrier()
         result["times"]["scenarios"] = time.perf_counter() - t0

@@ -267,11 +267,18 @@ def test_stochastic_noise_is_independent_per_rank(ranks, run):
     assert ranks[0][run]["params"][0].dtype == want
 
 
+def test_ranks_agree_on_the_seed_without_seed_given(ranks):
+    """Random block picks and bf16 rounding follow the seed: the group takes rank 0's."""
+    assert ranks[0]["seed"] == ranks[1]["seed"]
+
+
 def test_mismatched_shapes_raise_on_every_rank(ranks):
     for r in range(2):
+        assert len(ranks[r]["mismatch"]) == 3
         for msg in ranks[r]["mismatch"]:
             assert msg.startswith("ValueError unchanged=True"), msg
             assert "disagree" in msg and "shape" in msg
+        assert f"with seed {r}" in ranks[r]["mismatch"][2]  # the seeds differ, not the shapes
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])

@@ -123,6 +123,16 @@ class MajorityVote(Transform):
             result_bits=self.bits_out,
         )
         opt.vote_stats = self.stats  # type: ignore[attr-defined]
+        if opt.options.seed is None and self.world > 1:
+            # What ranks draw together (a random block schedule, the rounding of bf16
+            # parameters) must agree: without seed=, take the vote group's first rank's seed
+            # (each rank drew its own from torch's generator, which ranks often seed apart).
+            params = opt.all_params()
+            device = params[0].device if params else torch.device("cpu")
+            seed = torch.tensor([opt._seed or 0], dtype=torch.int64, device=device)
+            src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+            dist.broadcast(seed, src, group=self.group)
+            opt._seed = int(seed.item())
 
     def shared_state(self, device: torch.device) -> dict[str, Any]:
         # Votes taken so far: the dither's phase (identical on every rank).
@@ -155,7 +165,10 @@ class MajorityVote(Transform):
         shapes = [tuple(p.shape) for p in params]
         if self.world > 1:
             layout_code = bitvote.LAYOUTS.index(self.layout)
-            values = bitvote.fingerprint(shapes, [self.world, self.bits_in, layout_code])
+            # the seed too: ranks that draw random block picks from different seeds would
+            # miss each other's checks (a wire cached on one rank, new on another) and hang
+            seed = int(opt._seed or 0)
+            values = bitvote.fingerprint(shapes, [self.world, self.bits_in, layout_code, seed])
             bitvote.check_same(
                 values,
                 self.group,
@@ -163,7 +176,7 @@ class MajorityVote(Transform):
                 "the parameters to vote on",
                 lambda: (
                     f"this rank, {dist.get_rank()}, steps {len(shapes)} tensors of shapes "
-                    f"{shapes[:8]}{'...' if len(shapes) > 8 else ''}"
+                    f"{shapes[:8]}{'...' if len(shapes) > 8 else ''}, with seed {seed}"
                 ),
             )
         wire = bitvote.make_wire(

@@ -73,7 +73,8 @@ def main() -> None:
     torch.manual_seed(0)  # the same initial weights on every rank
     model = GPT(cfg).to(device)
     SignumMV = signify.signify(torch.optim.SGD, vote="majority", stochastic=args.stochastic)
-    opt = SignumMV(model.parameters(), lr=args.lr, momentum=args.momentum, seed=rank)
+    # one seed for the group (the stochastic sign's noise differs between ranks anyway)
+    opt = SignumMV(model.parameters(), lr=args.lr, momentum=args.momentum, seed=0)
     gen = torch.Generator().manual_seed(1000 + rank)  # each rank its own data shard
 
     log_every = max(1, args.steps // 10)

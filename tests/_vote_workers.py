@@ -124,14 +124,9 @@ def run_compiled(group: Any) -> dict[str, Any]:
 
 def run_mismatch(group: Any, rank: int) -> list[str]:
     out = []
-    cases = [
-        ([(6,), (4 + rank,)], 0),
-        ([(2, 3)] if rank == 0 else [(3, 2)], 0),
-        ([(2, 3)], rank),  # same shapes, other seeds: random block picks would differ
-    ]
-    for shapes, seed in cases:
+    for shapes in ([(6,), (4 + rank,)], [(2, 3)] if rank == 0 else [(3, 2)]):
         params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
-        opt = signify.signify(torch.optim.SGD, vote=group, seed=seed)(params, lr=0.1)
+        opt = signify.signify(torch.optim.SGD, vote=group)(params, lr=0.1)
         for p in params:
             p.grad = torch.randn_like(p)
         before = [p.detach().clone() for p in params]
@@ -144,12 +139,20 @@ def run_mismatch(group: Any, rank: int) -> list[str]:
     return out
 
 
-def run_seed(group: Any, rank: int) -> int:
-    """Ranks seeded apart build unseeded vote optimizers: they must agree on one seed."""
+def run_seed(group: Any, rank: int) -> dict[str, Any]:
+    """Ranks seeded apart, or given seed=rank: the vote group agrees on rank 0's seed."""
+    import warnings
+
     torch.manual_seed(100 + rank)
     p = torch.nn.Parameter(torch.randn(3))
-    opt = signify.signify(torch.optim.SGD, vote=group)([p], lr=0.1)
-    return int(opt.state_dict()["signify"]["seed"])
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, seed in (("unseeded", None), ("per_rank", 7 + rank)):
+            opt = signify.signify(torch.optim.SGD, vote=group, seed=seed)([p], lr=0.1)
+            out[name] = int(opt.state_dict()["signify"]["seed"])
+    out["warnings"] = [str(w.message) for w in caught]
+    return out
 
 
 def run_hook(group: Any, zeros: str) -> dict[str, Any]:
@@ -187,16 +190,15 @@ def run_hook(group: Any, zeros: str) -> dict[str, Any]:
 
 
 def run_timeout(group: Any) -> str:
-    """Rank 1 never steps: rank 0's vote must fail after the group's timeout, not hang."""
+    """Rank 1 never builds or steps: rank 0 must fail after the group's timeout, not hang
+    (building already waits: the group agrees on a seed)."""
     import time
 
     p = torch.nn.Parameter(torch.randn(5))
     p.grad = torch.randn(5)
-    # seed= given: without it, building the optimizer would already wait for rank 1 (the
-    # vote group agrees on rank 0's seed)
-    opt = signify.signify(torch.optim.SGD, vote=group, seed=0)([p], lr=0.1)
     t0 = time.perf_counter()
     try:
+        opt = signify.signify(torch.optim.SGD, vote=group)([p], lr=0.1)
         opt.step()
         return "no error"
     except RuntimeError as e:

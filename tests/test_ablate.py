@@ -370,6 +370,10 @@ def test_cli_help_dry_run_and_print_default(capsys, tmp_path):
     assert capsys.readouterr().out == config.default_text("logreg")
     assert main(["ablate", "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
+    # a dry run builds what it can: a variant that cannot be built is an error, exit 2
+    capsys.readouterr()
+    assert main(["ablate", "--dry-run", "--variant", "SGD stochastic=maybe"]) == 2
+    assert "error: TypeError: stochastic must be a bool" in capsys.readouterr().out
     assert main([]) == 2
     if not torch.cuda.is_available():
         assert (

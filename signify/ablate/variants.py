@@ -121,6 +121,16 @@ class Variant:
             return self.optimizer.replace(":", ".")
         return f"torch.optim.{self.optimizer}"
 
+    def check(self) -> None:
+        """Build what can be built without parameters (the optimizer class, signify's class
+        with the options): a dry run's errors are then the ones the run would meet."""
+        cls = resolve_optimizer(self.optimizer)
+        if self.plain or self.optimizer in _PRESETS:
+            return
+        import signify
+
+        signify.signify(cls, **{k: build_option(k, v) for k, v in self.options.items()})
+
     def build(
         self,
         named_params: Sequence[tuple[str, torch.nn.Parameter]],

@@ -149,11 +149,17 @@ def _ablate(args: argparse.Namespace) -> int:
             f"task {cfg.task} ({cfg.preset}), {cfg.steps} steps, seeds {list(cfg.seeds)}, "
             f"device {cfg.device}, output {cfg.out}"
         )
+        bad = 0
         for v in chosen:
             grid = f"  lr grid {list(v.lrs)}" if v.tuned and v.lrs else ""
             print(f"  {v.name}: {v.call(v.lrs[0] if v.lrs and not v.tuned else None)}{grid}")
+            try:
+                v.check()
+            except Exception as e:  # what the run would record as this variant's error
+                bad += 1
+                print(f"    error: {type(e).__name__}: {e}")
         print(f"{runner.plan_size(cfg, chosen)} runs at most")
-        return 0
+        return 2 if bad else 0
     record = study.run_study(
         cfg,
         chosen,

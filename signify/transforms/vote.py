@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -123,16 +124,28 @@ class MajorityVote(Transform):
             result_bits=self.bits_out,
         )
         opt.vote_stats = self.stats  # type: ignore[attr-defined]
-        if opt.options.seed is None and self.world > 1:
-            # What ranks draw together (a random block schedule, the rounding of bf16
-            # parameters) must agree: without seed=, take the vote group's first rank's seed
-            # (each rank drew its own from torch's generator, which ranks often seed apart).
-            params = opt.all_params()
-            device = params[0].device if params else torch.device("cpu")
-            seed = torch.tensor([opt._seed or 0], dtype=torch.int64, device=device)
-            src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
-            dist.broadcast(seed, src, group=self.group)
-            opt._seed = int(seed.item())
+        if self.world > 1:
+            self._agree_on_seed(opt)
+
+    def _agree_on_seed(self, opt: SignifiedOptimizer) -> None:
+        """What ranks draw together (a random block schedule, the rounding of bf16
+        parameters) must agree: the group takes its first rank's seed. Ranks often seed torch
+        apart (each then draws another default seed), and a per-rank ``seed=`` buys nothing
+        (the sign noise is per rank anyway)."""
+        params = opt.all_params()
+        device = params[0].device if params else torch.device("cpu")
+        mine = torch.tensor([opt._seed or 0], dtype=torch.int64, device=device)
+        seeds = torch.empty(self.world, dtype=torch.int64, device=device)
+        bitvote._all_gather(seeds, mine, self.group)
+        got = seeds.tolist()  # once, at construction
+        if opt.options.seed is not None and len(set(got)) > 1 and self.group_rank == 0:
+            warnings.warn(
+                f"vote: the ranks were given different seed= values ({got}); every rank "
+                f"uses the first rank's, {got[0]} (the stochastic sign's noise differs "
+                "between ranks without it)",
+                stacklevel=6,
+            )
+        opt._seed = int(got[0])
 
     def shared_state(self, device: torch.device) -> dict[str, Any]:
         # Votes taken so far: the dither's phase (identical on every rank).

@@ -449,7 +449,8 @@ def _make_class(base: type[torch.optim.Optimizer], options: Options) -> type[Sig
             )
         groups = []
         for g in opt.param_groups:
-            g2 = {k: v for k, v in g.items() if k in base_params or k in ("params", "param_names")}
+            keep = (*base_params, *opt.defaults, "params", "param_names")  # keys of a **kwargs base
+            g2 = {k: v for k, v in g.items() if k in keep}
             groups.append(g2)
         kwargs = {k: v for k, v in opt.defaults.items() if k in base_params}
         new = cls(groups, **kwargs)

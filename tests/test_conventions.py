@@ -261,3 +261,10 @@ def test_a_warmup_from_lr_zero_compiles_nothing_new():
         sched.step()
         graphs.append(len(opt._executor._compiled))
     assert graphs[0] == graphs[-1] > 0
+
+
+def test_from_optimizer_keeps_group_keys_a_subclass_sets_through_kwargs():
+    _, pb = _pair()
+    base = _KwAdam([{"params": [pb], "betas": (0.5, 0.6)}], lr=0.05)
+    opt = signify.signify(_KwAdam, sign=False).from_optimizer(base)
+    assert opt.param_groups[0]["betas"] == (0.5, 0.6)

@@ -237,3 +237,140 @@ def test_baked_hyperparameter_change_and_torch_checkpoint():
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     assert len(opt.chain[0]._specs) == 2
+
+
+# ------------------------------------------------------------ bases the rewrite must refuse
+class _LrInState(torch.optim.Optimizer):
+    """Caffe-style momentum: lr enters the state the parameter write reads."""
+
+    def __init__(self, params, lr=0.1, momentum=0.9):  # type: ignore[no-untyped-def]
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        for g in self.param_groups:
+            for p in g["params"]:
+                st = self.state[p]
+                if not st:
+                    st["buf"] = torch.zeros_like(p)
+                st["buf"].mul_(g["momentum"]).add_(p.grad, alpha=g["lr"])
+                p.sub_(st["buf"])
+
+
+class _DecayMatrices(torch.optim.Optimizer):
+    """Decays 2-D parameters only (a branch on the shape)."""
+
+    def __init__(self, params, lr=0.1, weight_decay=0.5):  # type: ignore[no-untyped-def]
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.ndim >= 2:
+                    p.mul_(1 - g["lr"] * g["weight_decay"])
+                p.add_(p.grad, alpha=-g["lr"])
+
+
+class _Adanish(torch.optim.Optimizer):
+    """Decays by 1 / (1 + lr wd): not linear in lr."""
+
+    def __init__(self, params, lr=0.1, weight_decay=1.0):  # type: ignore[no-untyped-def]
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.mul_(1 / (1 + g["lr"] * g["weight_decay"]))
+                p.add_(p.grad, alpha=-g["lr"])
+
+
+class _GroupMult(torch.optim.Optimizer):
+    """Reads a group key its constructor does not take."""
+
+    def __init__(self, params, lr=0.1):  # type: ignore[no-untyped-def]
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.add_(p.grad, alpha=-g["lr"] * g.get("lr_mult", 1.0))
+
+
+@pytest.mark.parametrize("base", [_LrInState, _DecayMatrices, _Adanish, _GroupMult])
+def test_sign_false_equals_bases_the_rewrite_cannot_express(base):
+    """Each breaks an assumption of the rewrite (lr only scales the write; one rule for
+    every shape; decay linear in lr; settings from the constructor): the trace is checked
+    against the base's own step and such a base is run and read, or traced with the key."""
+    torch.manual_seed(0)
+    shapes = [(3, 4), (5,)]
+    ps = [torch.randn(s, requires_grad=True) for s in shapes]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    groups = lambda xs: [{"params": [xs[0]], "lr_mult": 3.0}, {"params": [xs[1]], "lr": 0.05}]  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = signify.signify(base, sign=False)(groups(ps))
+    ref = base(groups(qs))
+    for _ in range(4):
+        for p, q in zip(ps, qs):
+            g = torch.randn(p.shape)
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_lr_on_a_traced_base_steps():
+    p = torch.randn(4, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    opt = signify.signify(torch.optim.Adadelta, sign=False)([p], lr=torch.tensor(0.5))
+    ref = torch.optim.Adadelta([q], lr=torch.tensor(0.5))
+    for _ in range(3):
+        g = torch.randn(4)
+        p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_run_and_read_checkpoints_load_both_ways_with_torch():
+    """The base's state sits in the optimizer's own entries: a torch checkpoint of the base
+    loads into the signified one, and the signified one's loads into torch."""
+    torch.manual_seed(0)
+    x = torch.zeros(3, requires_grad=True)
+    base = _LrInState([x])
+    for _ in range(3):
+        x.grad = torch.randn(3)
+        base.step()
+    y = x.detach().clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = signify.signify(_LrInState, sign=False)([y])
+    assert isinstance(opt.chain[0], GenericAdapter)
+    opt.load_state_dict(copy.deepcopy(base.state_dict()))
+    g = torch.randn(3)
+    x.grad, y.grad = g.clone(), g.clone()
+    base.step()
+    opt.step()
+    torch.testing.assert_close(y.detach(), x.detach())
+    back = _LrInState([z := y.detach().clone().requires_grad_()])
+    back.load_state_dict(copy.deepcopy(opt.state_dict()))
+    z.grad, y.grad = g.clone(), g.clone()
+    back.step()
+    opt.step()
+    torch.testing.assert_close(z.detach(), y.detach())
+
+
+def test_a_base_without_lr_is_refused_clearly():
+    class StepSize(torch.optim.Optimizer):
+        def __init__(self, params, step_size=0.1):  # type: ignore[no-untyped-def]
+            super().__init__(params, dict(step_size=step_size))
+
+        def step(self, closure=None):  # type: ignore[no-untyped-def]
+            pass
+
+    with pytest.raises(TypeError, match="no lr"):
+        signify.signify(StepSize)([torch.zeros(2, requires_grad=True)])

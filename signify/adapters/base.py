@@ -55,6 +55,11 @@ class Adapter(Transform):
     def configure(self, needed: frozenset[str]) -> None:
         self.need_scale = self.has_scale and "scale" in needed
 
+    def exported_state(self, p: Tensor) -> dict[str, Any]:
+        """Per-parameter state the adapter keeps outside ``opt.state`` that checkpoints
+        should hold (the run-and-read base's own); `migrate` takes it back on load."""
+        return {}
+
     def validate(self, hyper: Mapping[str, Any]) -> None:
         """Reject settings signify cannot honour (the base has already checked its own)."""
         check_supported(hyper)

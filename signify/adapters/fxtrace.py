@@ -56,9 +56,19 @@ class Spec:
     has_scale: bool
 
 
+def _example(v: Any) -> Any:
+    """A hyperparameter as a python value to trace with (a 1-element tensor as its float:
+    the graph takes it as a tensor input anyway)."""
+    if isinstance(v, Tensor) and v.numel() == 1:
+        return float(v.detach().cpu())
+    if isinstance(v, (tuple, list)):
+        return type(v)(_example(x) for x in v)
+    return v
+
+
 def _kwargs_for(base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> dict[str, Any]:
     sig = inspect.signature(base.__init__).parameters
-    kw = {k: v for k, v in hyper.items() if k in sig}
+    kw = {k: _example(v) for k, v in hyper.items() if k in sig}
     if "differentiable" in sig:
         kw["differentiable"] = True
     if "foreach" in sig:
@@ -69,11 +79,14 @@ def _kwargs_for(base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> 
     return kw
 
 
+_IMPLEMENTATION = ("differentiable", "foreach", "fused", "capturable")
+
+
 def _candidates(hyper: Mapping[str, Any]) -> list[str]:
     """Hyperparameters that may become tensor inputs: non-zero numbers, tuples of numbers."""
     out = []
     for k, v in hyper.items():
-        if k in ("differentiable", "foreach", "fused", "capturable") or isinstance(v, bool):
+        if k in _IMPLEMENTATION or isinstance(v, bool):
             continue
         if isinstance(v, (int, float)) and v != 0:
             out.append(k)
@@ -92,10 +105,17 @@ class _Probe:
     def __init__(self, base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> None:
         self.base = base
         kw = _kwargs_for(base, hyper)
-        self.hyper = dict(kw)  # the implementation flags set here win over the user's
+        # group keys the constructor does not take (a per-group lr_mult the step reads)
+        extra = {
+            k: _example(v)
+            for k, v in hyper.items()
+            if k not in kw and k not in _IMPLEMENTATION and k not in ("params", "param_names")
+        }
+        self.hyper = {**extra, **kw}  # the implementation flags set here win over the user's
         p = torch.randn(8)
         try:
             self.inst = base([p], **kw)
+            self.inst.param_groups[0].update(extra)
             p.grad = torch.randn(8)
             self.inst.step()
         except Exception as e:  # a base that will not step a plain tensor
@@ -149,7 +169,7 @@ class _Probe:
         args = [torch.randn(8), torch.randn(8), *self.example_state]
         for n, j in flat:
             v = self.hyper[n]
-            args.append(torch.tensor(float(v if j is None else v[j])))
+            args.append(torch.tensor(float(v if j is None else v[j]), dtype=torch.float32))
         try:
             from torch.func import functionalize
 
@@ -266,7 +286,7 @@ def trace(base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> Spec:
     except Exception as e:
         raise Untraceable(f"{base.__name__}: {type(e).__name__}: {e}") from None
     baked = tuple((k, hyper[k]) for k in cands if k not in ok)
-    return Spec(
+    spec = Spec(
         keys=probe.keys,
         elementwise=probe.elementwise,
         hypers=tuple(probe.flat),
@@ -276,3 +296,60 @@ def trace(base: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> Spec:
         live=built["written"],
         has_scale=built["has_scale"],
     )
+    with _quiet():
+        _verify(base, probe.hyper, spec)
+    return spec
+
+
+def _verify(base: type[torch.optim.Optimizer], hyper: Mapping[str, Any], spec: Spec) -> None:
+    """Check the rewritten update against the base's own step, which the rewrite assumes
+    is linear in lr and the same for every shape: a 1-D and a 2-D parameter, at lr and 3 lr,
+    from a state one step old. A base that uses lr in its state (``buf += lr g; p -= buf``),
+    branches on shapes (``if p.ndim >= 2``, factored moments) or decays by ``1 / (1 + lr wd)``
+    fails here and is run and read instead."""
+    gen = torch.Generator().manual_seed(0)
+    nlive = len(spec.live)
+    for shape in ((8,), (3, 4)):
+        for scale in (1.0, 3.0):
+            hyp = dict(hyper, lr=hyper["lr"] * scale)
+            p = torch.randn(shape, generator=gen)
+            try:
+                inst = base([p], **_kwargs_for(base, hyp))
+                inst.param_groups[0].update(
+                    {k: v for k, v in hyp.items() if k not in _IMPLEMENTATION}
+                )
+                p.grad = torch.randn(shape, generator=gen)
+                inst.step()
+                st = inst.state[p]
+                before = [st[k].detach().clone() for k in spec.keys]
+                x0 = p.detach().clone()
+                g = torch.randn(shape, generator=gen)
+                p.grad = g.clone()
+                inst.step()
+                after = [st[k].detach() for k in spec.live]
+            except Exception as e:
+                raise Untraceable(f"{base.__name__}: a check step failed: {e}") from None
+            ins = []
+            for k, v in zip(spec.keys, before):
+                ok = v.shape == shape if spec.elementwise[k] else v.dim() == 0
+                if not ok:
+                    raise Untraceable(f"{base.__name__}: state {k!r} has shape {tuple(v.shape)}")
+                ins.append(v.reshape(-1) if spec.elementwise[k] else v)
+            hv = [
+                torch.tensor(float(hyp[n] if j is None else hyp[n][j]), dtype=torch.float32)
+                for n, j in spec.hypers
+            ]
+            x = x0.reshape(-1)
+            outs = spec.update(x, g.reshape(-1), *ins, *hv)
+            a, sigma = outs[nlive], outs[nlive + 1]
+            d = a if sigma is None else a / sigma
+            decay = spec.decay(*hv) if spec.decay is not None else 0.0
+            want = x - hyp["lr"] * (d + decay * x)
+            got = [*(o.reshape(-1) for o in outs[:nlive]), want]
+            real = [*(v.reshape(-1) for v in after), p.detach().reshape(-1)]
+            for o, r in zip(got, real):
+                if not torch.allclose(o.float(), r.float(), rtol=1e-4, atol=1e-6):
+                    raise Untraceable(
+                        f"{base.__name__}: the rewritten update does not reproduce the base's "
+                        f"step (shape {shape}, lr {hyp['lr']:g})"
+                    )

@@ -108,10 +108,21 @@ class GenericAdapter(Adapter):
         u.scale = None
         return u, state
 
-    def extra_state(self) -> dict[str, Any] | None:
-        return {"inner": self.inner.state_dict()} if self.inner is not None else None
+    # The base's state lives in its own instance (its step creates it on an empty entry),
+    # but checkpoints hold it in the optimizer's per-parameter entries, where torch's do:
+    # a torch checkpoint of the base loads, and the signified one's loads into torch.
+    def exported_state(self, p: Tensor) -> dict[str, Any]:
+        return dict(self.inner.state.get(p, {})) if self.inner is not None else {}
+
+    def migrate(self, state: dict[str, Any], param: Tensor) -> dict[str, Any]:
+        if self.inner is None:
+            return state
+        mine = {k: v for k, v in state.items() if k != "delta"}
+        self.inner.state[param] = mine
+        return {k: v for k, v in state.items() if k == "delta"}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        # checkpoints before 2026-12-07 kept the base's state apart, under "inner"
         if self.inner is not None and "inner" in state:
             self.inner.load_state_dict(state["inner"])
 

@@ -47,10 +47,9 @@ _INITS: dict[tuple[Any, ...], Any] = {}
 
 
 def _base_hyper(base: type[torch.optim.Optimizer], group: Mapping[str, Any]) -> dict[str, Any]:
-    import inspect
-
-    names = set(inspect.signature(base.__init__).parameters)
-    return {k: v for k, v in group.items() if k in names and k != "params"}
+    """The group's settings as the base's step may read them: every key (a step may read
+    one its constructor does not take, such as a per-group ``lr_mult``), but the params."""
+    return {k: v for k, v in group.items() if k not in ("params", "param_names")}
 
 
 def spec_for(base: type[torch.optim.Optimizer], group: Mapping[str, Any]) -> fxtrace.Spec:

@@ -53,7 +53,7 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
                 "seed": torch.tensor(seed, dtype=torch.int64, device=device),
                 "counter": torch.zeros((), dtype=torch.int64, device=device),
             },
-            "nonfinite": {"skipped": torch.zeros((), device=device)},
+            "nonfinite": {"skipped": torch.zeros((), dtype=torch.float32, device=device)},
         }
         for t in self._chain:
             out.setdefault(t.name, t.shared_state(device))
@@ -67,6 +67,9 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         # the whole state, signify's entry included
         with _held(self, "_optimizer_state_dict_post_hooks") as post_hooks:
             sd = super().state_dict()
+        for i, p in enumerate(self.all_params()):  # state a run-and-read base keeps itself
+            if extra := self._adapter.exported_state(p):
+                sd["state"].setdefault(i, {}).update(extra)
         shared = {
             name: {
                 k: (v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v))
@@ -270,7 +273,9 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         dtype = self.options.state_dtype
         for k, v in st.items():
             if k.endswith("step") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                v = torch.tensor(float(v))  # torch < 1.12 saved step counters as numbers
+                v = torch.tensor(
+                    float(v), dtype=torch.float32
+                )  # torch < 1.12 saved step counters as numbers
             if not isinstance(v, Tensor):
                 continue
             if k.endswith("step") and v.dim() == 0:

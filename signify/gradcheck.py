@@ -29,7 +29,7 @@ def max_abs(grads: list[Tensor], device: torch.device | None = None) -> Tensor:
         device = grads[0].device
     grads = [g for g in grads if g.numel() > 0]
     if not grads:
-        return torch.zeros(1, device=device)
+        return torch.zeros(1, dtype=torch.float32, device=device)
     return torch.stack(torch._foreach_norm(grads, _MAX_ABS))  # type: ignore[arg-type, misc]
 
 
@@ -49,7 +49,9 @@ def grad_norm(grads: list[Tensor], device: torch.device, shard_group: Any = None
     for d in dict.fromkeys(g.device for g in grads):
         norms += [n.to(device) for n in torch._foreach_norm([g for g in grads if g.device == d], 2)]
     total = (
-        torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=device)
+        torch.linalg.vector_norm(torch.stack(norms))
+        if norms
+        else torch.zeros((), dtype=torch.float32, device=device)
     )
     if shard_group is not None:
         total = sharding.norm_everywhere(total, shard_group)

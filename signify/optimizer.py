@@ -68,6 +68,11 @@ class SignifiedOptimizer(CheckpointedOptimizer):
                 del hyper[k]  # a subclass's own keyword, consumed by its __init__
             for k, v in built.items():
                 hyper.setdefault(k, v)
+        if "lr" not in hyper:
+            raise TypeError(
+                f"{self.base.__name__} has no lr hyperparameter: the sign step's size is a "
+                "param group's 'lr'"
+            )
         adapter = adapter_for(self.base, hyper)
         adapter.validate(hyper)
         self._adapter = adapter

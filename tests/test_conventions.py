@@ -268,3 +268,23 @@ def test_from_optimizer_keeps_group_keys_a_subclass_sets_through_kwargs():
     base = _KwAdam([{"params": [pb], "betas": (0.5, 0.6)}], lr=0.05)
     opt = signify.signify(_KwAdam, sign=False).from_optimizer(base)
     assert opt.param_groups[0]["betas"] == (0.5, 0.6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_step_under_another_default_dtype_saves_a_loadable_state(dtype):
+    """Lightning's bf16-true sets the default dtype while a manual step runs: the
+    optimizer's own scalars (skip counter, ALIAS accumulators) stay float32."""
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = signify.signify(torch.optim.SGD, stepsize="alias")([p])
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        p.grad = torch.randn(4, dtype=torch.float32)
+        opt.step()
+    finally:
+        torch.set_default_dtype(previous)
+    shared = opt.state_dict()["signify"]["shared"]
+    assert shared["nonfinite"]["skipped"].dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in shared["alias"].values() if v.is_floating_point())
+    fresh = signify.signify(torch.optim.SGD, stepsize="alias")([torch.nn.Parameter(torch.randn(4))])
+    fresh.load_state_dict(opt.state_dict())

@@ -136,8 +136,12 @@ class StepsizeOracle(Transform):
 
     def _fresh_slots(self, n: int, device: torch.device) -> dict[str, Tensor]:
         out = {
-            "acc_sum": torch.zeros(max(len(self.sum_rows), 1), n, device=device),
-            "acc_max": torch.zeros(max(len(self.max_rows), 1), n, device=device),
+            "acc_sum": torch.zeros(
+                max(len(self.sum_rows), 1), n, dtype=torch.float32, device=device
+            ),
+            "acc_max": torch.zeros(
+                max(len(self.max_rows), 1), n, dtype=torch.float32, device=device
+            ),
         }
         for k, v in self.slot_init().items():
             out[k] = torch.full((n,), v, dtype=torch.float32, device=device)

@@ -273,9 +273,8 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         dtype = self.options.state_dtype
         for k, v in st.items():
             if k.endswith("step") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                v = torch.tensor(
-                    float(v), dtype=torch.float32
-                )  # torch < 1.12 saved step counters as numbers
+                # torch < 1.12 saved step counters as numbers
+                v = torch.tensor(float(v), dtype=torch.float32)
             if not isinstance(v, Tensor):
                 continue
             if k.endswith("step") and v.dim() == 0:

@@ -329,7 +329,9 @@ class StepsizeOracle(Transform):
             ps = group["params"]
             taken = [opt.state[p][key] for p in ps if key in opt.state.get(p, {})]
             # a tensor without a gradient in the last step keeps an older step
-            latest = [opt.state[p][key] for p in ps if id(p) in last and key in opt.state[p]]
+            latest = [
+                opt.state[p][key] for p in ps if id(p) in last and key in opt.state.get(p, {})
+            ]
             if self.scope == "tensor" and len(taken) == len(ps) and taken:
                 out.append(torch.stack([t.reshape(()) for t in taken]))
             elif self.scope != "tensor" and (latest or taken):

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 #: Version of the ``state_dict()["signify"]`` layout; bumped on incompatible changes.
 SCHEMA_VERSION = 1
+#: The key under which ``param_groups[0]`` holds the same entry (it survives DCP).
+_GROUP_ENTRY = "signify"
 
 
 class CheckpointedOptimizer(torch.optim.Optimizer):
@@ -84,6 +86,10 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
             "shared": shared,
             "extra": {t.name: x for t in self._chain if (x := t.extra_state()) is not None},
         }
+        if sd["param_groups"]:
+            # the same entry, where torch.distributed.checkpoint's get/set_optimizer_state_dict
+            # keep it (they pass only "state" and "param_groups" on)
+            sd["param_groups"][0][_GROUP_ENTRY] = sd["signify"]
         for hook in post_hooks.values():
             result = hook(self, sd)
             if result is not None:
@@ -117,6 +123,14 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
     def _load(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("signify", None)
+        groups = state_dict.get("param_groups")
+        if isinstance(groups, list) and groups and isinstance(groups[0], dict):
+            in_group = groups[0].get(_GROUP_ENTRY)
+            if in_group is not None:
+                extra = in_group if extra is None else extra
+                groups = [dict(groups[0]), *groups[1:]]
+                del groups[0][_GROUP_ENTRY]  # never a group key
+                state_dict["param_groups"] = groups
         if extra is not None:
             self._check_extra(extra)
         validation.check_saved_groups(state_dict["param_groups"], self.base)

@@ -288,3 +288,51 @@ def test_a_step_under_another_default_dtype_saves_a_loadable_state(dtype):
     assert all(v.dtype == torch.float32 for v in shared["alias"].values() if v.is_floating_point())
     fresh = signify.signify(torch.optim.SGD, stepsize="alias")([torch.nn.Parameter(torch.randn(4))])
     fresh.load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["stochastic", "alias", "blocks"])
+def test_resume_through_torch_distributed_checkpoint_helpers_is_exact(kind):
+    """get/set_optimizer_state_dict pass only 'state' and 'param_groups' on: signify's entry
+    rides in the first group too, so the seed, counters, scalars and block clock resume."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    makers = {
+        "stochastic": lambda m, s: signify.signify(torch.optim.Adam, stochastic=True)(
+            m.named_parameters(), lr=1e-2, seed=s
+        ),
+        "alias": lambda m, s: signify.signify(torch.optim.SGD, stepsize="alias")(
+            m.named_parameters(), seed=s
+        ),
+        "blocks": lambda m, s: signify.signify(torch.optim.Adam, blocks="cyclic")(
+            m.named_parameters(), lr=1e-2, seed=s
+        ),
+    }
+    xs = torch.randn(8, 16, 8)
+
+    def model():  # type: ignore[no-untyped-def]
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+
+    def step(m, o, k):  # type: ignore[no-untyped-def]
+        o.zero_grad()
+        m(xs[k]).square().mean().backward()
+        o.step()
+
+    m, m2 = model(), model()
+    opt = makers[kind](m, 3)
+    for k in range(3):
+        step(m, opt, k)
+    sd = copy.deepcopy(get_optimizer_state_dict(m, opt))
+    assert set(sd) == {"state", "param_groups"}
+    m2.load_state_dict(m.state_dict())
+    opt2 = makers[kind](m2, 99)
+    set_optimizer_state_dict(m2, opt2, sd)
+    assert all("signify" not in g for g in opt2.param_groups)
+    for k in range(3, 8):
+        step(m, opt, k)
+        step(m2, opt2, k)
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 #: Version of the ``state_dict()["signify"]`` layout; bumped on incompatible changes.
 SCHEMA_VERSION = 1
-#: The key under which ``param_groups[0]`` holds the same entry (it survives DCP).
+#: The key under which every param group holds the same entry (it survives DCP).
 _GROUP_ENTRY = "signify"
 
 
@@ -71,7 +71,7 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
             sd = super().state_dict()
         for i, p in enumerate(self.all_params()):  # state a run-and-read base keeps itself
             if extra := self._adapter.exported_state(p):
-                sd["state"].setdefault(i, {}).update(extra)
+                sd["state"][i] = {**sd["state"].get(i, {}), **extra}  # not into opt.state
         shared = {
             name: {
                 k: (v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v))
@@ -86,10 +86,10 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
             "shared": shared,
             "extra": {t.name: x for t in self._chain if (x := t.extra_state()) is not None},
         }
-        if sd["param_groups"]:
+        for group in sd["param_groups"]:
             # the same entry, where torch.distributed.checkpoint's get/set_optimizer_state_dict
-            # keep it (they pass only "state" and "param_groups" on)
-            sd["param_groups"][0][_GROUP_ENTRY] = sd["signify"]
+            # keep it (they pass only "state" and "param_groups" on, and drop an empty group's)
+            group[_GROUP_ENTRY] = sd["signify"]
         for hook in post_hooks.values():
             result = hook(self, sd)
             if result is not None:
@@ -124,13 +124,15 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         extra = state_dict.pop("signify", None)
         groups = state_dict.get("param_groups")
-        if isinstance(groups, list) and groups and isinstance(groups[0], dict):
-            in_group = groups[0].get(_GROUP_ENTRY)
-            if in_group is not None:
-                extra = in_group if extra is None else extra
-                groups = [dict(groups[0]), *groups[1:]]
-                del groups[0][_GROUP_ENTRY]  # never a group key
-                state_dict["param_groups"] = groups
+        if isinstance(groups, list) and any(
+            isinstance(g, dict) and _GROUP_ENTRY in g for g in groups
+        ):
+            found = [g[_GROUP_ENTRY] for g in groups if isinstance(g, dict) and _GROUP_ENTRY in g]
+            extra = found[0] if extra is None else extra
+            state_dict["param_groups"] = [  # never a group key
+                {k: v for k, v in g.items() if k != _GROUP_ENTRY} if isinstance(g, dict) else g
+                for g in groups
+            ]
         if extra is not None:
             self._check_extra(extra)
         validation.check_saved_groups(state_dict["param_groups"], self.base)

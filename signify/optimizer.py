@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import inspect
 import numbers
-import sys
 import uuid
 import weakref
 from collections.abc import Iterable, Sequence
@@ -269,8 +268,7 @@ class SignifiedOptimizer(CheckpointedOptimizer):
         # A class made by signify() is no module attribute, so pickle cannot find it by
         # name: rebuild it from its base and options (the same class within this process).
         cls = type(self)
-        module = sys.modules.get(cls.__module__)
-        if getattr(module, cls.__qualname__, None) is cls:
+        if "_token" not in cls.__dict__:  # a class of its own (a preset, a user's subclass)
             return super().__reduce_ex__(protocol)
         return _rebuild, (cls.base, cls.options, cls._token), self.__getstate__()
 

@@ -16,6 +16,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,7 +60,12 @@ class HyperCache:
         values = self._values.setdefault(key, {})
         tensors = self._tensors.setdefault(key, {})
         for name, v in group.items():
-            if name in _NOT_PARAMS or isinstance(v, bool) or v is None or isinstance(v, str):
+            if (
+                name in _NOT_PARAMS
+                or isinstance(v, (bool, np.bool_))
+                or v is None
+                or isinstance(v, str)
+            ):
                 continue
             if _is_scalar_tensor(v):
                 t = self._slot(tensors, name, 0, device)

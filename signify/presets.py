@@ -65,7 +65,7 @@ class _PresetGroups:
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if isinstance(param_group, dict):
             param_group = dict(param_group)
-            if "weight_decay" in param_group:
+            if "weight_decay" in param_group and "decoupled_wd" not in param_group:
                 param_group["decoupled_wd"] = _weight_decay(param_group.pop("weight_decay"))
                 param_group["weight_decay"] = 0.0  # the base's L2 term stays off
             self._translate(param_group)

@@ -336,3 +336,85 @@ def test_resume_through_torch_distributed_checkpoint_helpers_is_exact(kind):
         step(m2, opt2, k)
     for a, b in zip(m.parameters(), m2.parameters()):
         assert torch.equal(a, b)
+
+
+def test_run_and_read_state_dict_leaves_the_live_state_and_resumes_chain_state():
+    """Exporting the base's state must not write into opt.state, and loading must keep the
+    chain's own entries (the stochastic sign's running max) out of the base's."""
+    import warnings
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make = signify.signify(torch.optim.ASGD, stochastic=True)
+    opt = make([p], lr=0.1, seed=1)
+    for _ in range(2):
+        p.grad = torch.randn(4)
+        opt.step()
+    keys = sorted(opt.state[p])
+    sd = copy.deepcopy(opt.state_dict())
+    assert sorted(opt.state[p]) == keys and "eta" in sd["state"][0]
+    q = torch.nn.Parameter(p.detach().clone())
+    opt2 = make([q], lr=0.1, seed=2)
+    opt2.load_state_dict(sd)
+    assert sorted(opt2.state[q]) == keys
+    for _ in range(3):
+        g = torch.randn(4)
+        p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        opt2.step()
+    assert torch.equal(p, q)
+
+
+def test_a_group_taken_from_a_preset_and_added_again_keeps_its_decay():
+    a, b = _pair()
+    opt = signify.Signum([a], lr=0.1, weight_decay=0.3)
+    group = dict(opt.param_groups[0], params=[b])
+    opt.add_param_group(group)
+    assert opt.param_groups[1]["decoupled_wd"] == 0.3
+
+
+class _Holder:
+    class SubAdam(signify.signify(torch.optim.Adam)):  # type: ignore[misc]
+        def extra(self) -> int:
+            return 42
+
+
+def test_a_users_subclass_of_a_made_class_pickles_as_itself():
+    opt = _Holder.SubAdam([torch.nn.Parameter(torch.randn(3))], lr=0.1)
+    assert type(pickle.loads(pickle.dumps(opt))) is _Holder.SubAdam
+    assert type(copy.deepcopy(opt)) is _Holder.SubAdam
+
+
+def test_the_entry_survives_dcp_with_an_empty_first_group():
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    def model():  # type: ignore[no-untyped-def]
+        torch.manual_seed(1)
+        return torch.nn.Linear(4, 1)
+
+    m, m2 = model(), model()
+    make = signify.signify(torch.optim.Adam, stochastic=True)
+    opt = make([{"params": []}, {"params": list(m.parameters())}], lr=1e-2, seed=3)
+    m(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    sd = copy.deepcopy(get_optimizer_state_dict(m, opt))
+    opt2 = make([{"params": []}, {"params": list(m2.parameters())}], lr=1e-2, seed=9)
+    set_optimizer_state_dict(m2, opt2, sd)
+    assert opt2.state_dict()["signify"]["seed"] == 3
+
+
+def test_numpy_bool_flags_are_used():
+    pa, pb = _pair()
+    opt = signify.signify(torch.optim.Adam, sign=False)([pa], lr=0.1)
+    ref = torch.optim.Adam([pb], lr=0.1)
+
+    def change(o, i):  # type: ignore[no-untyped-def]
+        if i == 1:
+            o.param_groups[0]["maximize"] = np.True_
+
+    assert _run_both(opt, ref, pa, pb, steps=3, change=change) < 1e-5

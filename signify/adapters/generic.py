@@ -117,9 +117,10 @@ class GenericAdapter(Adapter):
     def migrate(self, state: dict[str, Any], param: Tensor) -> dict[str, Any]:
         if self.inner is None:
             return state
-        mine = {k: v for k, v in state.items() if k != "delta"}
-        self.inner.state[param] = mine
-        return {k: v for k, v in state.items() if k == "delta"}
+        # the chain's own entries: "delta", and the transforms' ("<name>.<key>")
+        ours = {k: v for k, v in state.items() if k == "delta" or "." in k}
+        self.inner.state[param] = {k: v for k, v in state.items() if k not in ours}
+        return ours
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         # checkpoints before 2026-12-07 kept the base's state apart, under "inner"

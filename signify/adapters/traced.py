@@ -46,10 +46,34 @@ _BAKED: dict[tuple[Any, ...], tuple[str, ...]] = {}
 _INITS: dict[tuple[Any, ...], Any] = {}
 
 
+#: Group keys a base's step does not read: torch's schedulers' bookkeeping, signify's chain.
+_NOT_BASE = frozenset(
+    {
+        "params",
+        "param_names",
+        "initial_lr",
+        "max_lr",
+        "min_lr",
+        "base_momentum",
+        "max_momentum",
+        "decoupled_wd",
+        "scale_beta",
+    }
+)
+
+
 def _base_hyper(base: type[torch.optim.Optimizer], group: Mapping[str, Any]) -> dict[str, Any]:
-    """The group's settings as the base's step may read them: every key (a step may read
-    one its constructor does not take, such as a per-group ``lr_mult``), but the params."""
-    return {k: v for k, v in group.items() if k not in ("params", "param_names")}
+    """The group's settings as the base's step may read them: its constructor's, and other
+    numeric keys (a step may read one its constructor does not take, such as a per-group
+    ``lr_mult``); not names and labels, which would only multiply the traces."""
+    import inspect
+
+    names = set(inspect.signature(base.__init__).parameters)
+    return {
+        k: v
+        for k, v in group.items()
+        if k not in _NOT_BASE and (k in names or not isinstance(v, (str, type(None))))
+    }
 
 
 def spec_for(base: type[torch.optim.Optimizer], group: Mapping[str, Any]) -> fxtrace.Spec:

@@ -44,6 +44,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -225,7 +226,9 @@ def freeze_static(group: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     for k, v in sorted(group.items()):
         if k in ("params", "param_names"):
             continue
-        if isinstance(v, bool) or v is None or isinstance(v, str):
+        if isinstance(v, np.bool_):
+            out.append((k, bool(v)))
+        elif isinstance(v, bool) or v is None or isinstance(v, str):
             out.append((k, v))
         elif scalar(v):
             out.append((k, nonzero(k, v)))

@@ -113,6 +113,9 @@ class StoSignSGD(_PresetGroups, _StoSignBase):  # type: ignore[misc, valid-type]
         if "betas" in group:
             b1, b2 = _betas(group.pop("betas"))
             group.update(momentum=b1, dampening=b1, scale_beta=b2)
+        elif "momentum" in group:  # the base's name for beta1: still an EMA
+            m = _in("momentum", group["momentum"], 0.0, 1.0, open_lo=False, open_hi=True)
+            group["momentum"] = group["dampening"] = m
 
     def __init__(
         self,

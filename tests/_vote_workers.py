@@ -152,6 +152,18 @@ def run_seed(group: Any, rank: int) -> dict[str, Any]:
             opt = signify.signify(torch.optim.SGD, vote=group, seed=seed)([p], lr=0.1)
             out[name] = int(opt.state_dict()["signify"]["seed"])
     out["warnings"] = [str(w.message) for w in caught]
+    # ranks that load checkpoints of other seeds: the next step's check says so
+    p.grad = torch.randn(3)
+    opt.step()
+    sd = opt.state_dict()
+    sd["signify"]["seed"] = 100 + rank
+    opt.load_state_dict(sd)
+    p.grad = torch.randn(3)
+    try:
+        opt.step()
+        out["reload"] = "no error"
+    except ValueError as e:
+        out["reload"] = str(e)
     return out
 
 

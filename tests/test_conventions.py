@@ -418,3 +418,9 @@ def test_numpy_bool_flags_are_used():
             o.param_groups[0]["maximize"] = np.True_
 
     assert _run_both(opt, ref, pa, pb, steps=3, change=change) < 1e-5
+
+
+def test_stosignsgd_group_momentum_stays_an_ema():
+    p, q = _pair()
+    opt = signify.StoSignSGD([{"params": [p], "momentum": 0.5}, {"params": [q]}], lr=0.1)
+    assert opt.param_groups[0]["dampening"] == 0.5 and opt.param_groups[1]["dampening"] == 0.9

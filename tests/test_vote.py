@@ -274,6 +274,9 @@ def test_ranks_agree_on_the_seed(ranks):
     assert ranks[0]["seed"]["per_rank"] == ranks[1]["seed"]["per_rank"] == 7
     assert any("different seed=" in w for w in ranks[0]["seed"]["warnings"])
     assert not ranks[1]["seed"]["warnings"]
+    for r in range(2):  # seeds that differ after a load fail the next step's check
+        assert "disagree" in ranks[r]["seed"]["reload"]
+        assert f"with seed {100 + r}" in ranks[r]["seed"]["reload"]
 
 
 def test_mismatched_shapes_raise_on_every_rank(ranks):

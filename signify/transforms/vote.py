@@ -147,6 +147,11 @@ class MajorityVote(Transform):
             )
         opt._seed = int(got[0])
 
+    def after_load(self, opt: SignifiedOptimizer) -> None:
+        # A load may bring another seed (ranks loading their own checkpoints): check the
+        # fingerprint, seed included, again at the next step.
+        self._wires.clear()
+
     def shared_state(self, device: torch.device) -> dict[str, Any]:
         # Votes taken so far: the dither's phase (identical on every rank).
         return {"count": torch.zeros((), dtype=torch.int64, device=device)}

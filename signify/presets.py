@@ -16,6 +16,8 @@ Runtime options (``seed``, ``compile``, ``state_dtype``, ``nonfinite``, ``compil
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from typing import Any
 
@@ -53,6 +55,16 @@ def _in(name: str, x: Any, lo: float, hi: float, *, open_lo: bool, open_hi: bool
     return v
 
 
+def _buffer_scale(old: dict[str, Any], new: dict[str, Any]) -> float:
+    """SGD's buffer ``b = momentum b + (1 - dampening) g`` averages ``(1 - dampening) /
+    (1 - momentum)`` times the gradients; the presets' EMA (dampening = momentum) averages them
+    once."""
+    if "dampening" not in old or "momentum" not in new:
+        return 1.0
+    d, m = float(old["dampening"]), float(new["momentum"])
+    return (1.0 - m) / (1.0 - d) if d < 1.0 else 1.0
+
+
 def _weight_decay(wd: Any) -> float:
     return _in("weight_decay", wd, 0.0, math.inf, open_lo=False, open_hi=True)
 
@@ -73,6 +85,46 @@ class _PresetGroups:
 
     def _translate(self, group: dict[str, Any]) -> None:
         pass
+
+    @classmethod
+    def from_optimizer(cls, opt: torch.optim.Optimizer) -> Any:
+        """The preset built from a torch optimizer of its base (``SGD`` for `Signum` and
+        `StoSignSGD`, ``Adamax`` for `SignAdamax`): its groups, hyperparameters and state.
+        A group's ``weight_decay`` becomes the preset's decoupled decay, as in the preset's own
+        groups; SGD's ``momentum`` becomes the EMA momentum, and a momentum buffer is rescaled
+        by ``(1 - momentum) / (1 - dampening)`` so that it holds the same average of gradients
+        an EMA of that momentum holds (SGD's buffer sums them)."""
+        base = cls.base  # type: ignore[attr-defined]
+        if not isinstance(opt, base):
+            raise TypeError(
+                f"opt must be a {base.__name__} (the base of {cls.__name__}), got "
+                f"{type(opt).__name__}"
+            )
+        if any(g.get("nesterov") for g in opt.param_groups):
+            # torch refuses Nesterov with a nonzero dampening, which the EMA momentum is
+            raise ValueError(f"opt uses nesterov=True, which {cls.__name__}'s EMA momentum lacks")
+        keep = set(cls._base_params) - {"dampening"}  # type: ignore[attr-defined]
+        groups = [
+            {k: v for k, v in g.items() if k in keep or k in ("params", "param_names")}
+            for g in opt.param_groups
+        ]
+        own = inspect.signature(cls.__init__).parameters  # groups carry the rest
+        kwargs = {k: v for k, v in opt.defaults.items() if k in own and k != "params"}
+        new: Any = cls(groups, **kwargs)  # type: ignore[call-arg]
+        if opt.state:
+            sd = copy.deepcopy(opt.state_dict())
+            for old, g in zip(sd["param_groups"], new.param_groups):
+                scale = _buffer_scale(old, g)
+                for i in old["params"]:
+                    buf = sd["state"].get(i, {}).get("momentum_buffer")
+                    if scale != 1.0 and isinstance(buf, torch.Tensor):
+                        buf.mul_(scale)
+            sd["param_groups"] = [  # the preset's translated settings, the saved indices
+                {**{k: v for k, v in g.items() if k != "params"}, "params": old["params"]}
+                for old, g in zip(sd["param_groups"], new.param_groups)
+            ]
+            new.load_state_dict(sd)
+        return new
 
 
 class Signum(_PresetGroups, _SignumBase):  # type: ignore[misc, valid-type]

@@ -424,3 +424,39 @@ def test_stosignsgd_group_momentum_stays_an_ema():
     p, q = _pair()
     opt = signify.StoSignSGD([{"params": [p], "momentum": 0.5}, {"params": [q]}], lr=0.1)
     assert opt.param_groups[0]["dampening"] == 0.5 and opt.param_groups[1]["dampening"] == 0.9
+
+
+def test_a_preset_from_a_torch_optimizer_continues_as_its_formula():
+    """Signum.from_optimizer(sgd): the groups' settings in the preset's terms (decoupled
+    decay) and SGD's summed momentum buffer rescaled to the EMA's average; the next step is
+    ``m = b m + (1 - b) g``, ``x -= lr (sign(m) + wd x)`` in float64."""
+    torch.manual_seed(3)
+    a, b = torch.nn.Parameter(torch.randn(7)), torch.nn.Parameter(torch.randn(4))
+    sgd = torch.optim.SGD(
+        [{"params": [a]}, {"params": [b], "weight_decay": 0.0, "lr": 0.05}],
+        lr=0.1,
+        momentum=0.8,
+        weight_decay=0.01,
+    )
+    for _ in range(3):
+        a.grad, b.grad = torch.randn(7), torch.randn(4)
+        sgd.step()
+    bufs = [sgd.state[p]["momentum_buffer"].double().clone() for p in (a, b)]
+    xs = [p.detach().double().clone() for p in (a, b)]
+    opt = signify.Signum.from_optimizer(sgd)
+    assert [g["decoupled_wd"] for g in opt.param_groups] == [0.01, 0.0]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.0]
+    grads = [torch.randn(7), torch.randn(4)]
+    a.grad, b.grad = grads[0].clone(), grads[1].clone()
+    opt.step()
+    for p, x, buf, g, lr, wd in zip((a, b), xs, bufs, grads, (0.1, 0.05), (0.01, 0.0)):
+        m = 0.8 * (0.2 * buf) + 0.2 * g.double()
+        want = x - lr * (torch.sign(m) + wd * x)
+        assert torch.allclose(p.detach().double(), want, atol=1e-6)
+    assert signify.SignAdamax.from_optimizer(
+        torch.optim.Adamax([a], weight_decay=0.1)
+    ).param_groups[0]["decoupled_wd"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="nesterov"):
+        signify.Signum.from_optimizer(torch.optim.SGD([a], lr=0.1, momentum=0.9, nesterov=True))
+    with pytest.raises(TypeError, match="opt must be a SGD"):
+        signify.StoSignSGD.from_optimizer(torch.optim.Adamax([a]))

@@ -86,6 +86,16 @@ class _PresetGroups:
     def _translate(self, group: dict[str, Any]) -> None:
         pass
 
+    _ema_momentum = False  # the group's momentum is an EMA's beta (dampening follows it)
+
+    def step(self, closure: Any = None) -> Any:
+        if self._ema_momentum:
+            # a scheduler that cycles momentum (OneCycleLR, CyclicLR) writes only "momentum"
+            for group in self.param_groups:  # type: ignore[attr-defined]
+                if group["dampening"] != group["momentum"]:
+                    group["dampening"] = group["momentum"]
+        return super().step(closure)  # type: ignore[misc]
+
     @classmethod
     def from_optimizer(cls, opt: torch.optim.Optimizer) -> Any:
         """The preset built from a torch optimizer of its base (``SGD`` for `Signum` and
@@ -131,6 +141,8 @@ class Signum(_PresetGroups, _SignumBase):  # type: ignore[misc, valid-type]
     """Signum: sign of an EMA momentum, decoupled weight decay. ``momentum=0`` is signSGD.
     A param group may set its own ``lr``, ``momentum`` and (decoupled) ``weight_decay``."""
 
+    _ema_momentum = True
+
     def _translate(self, group: dict[str, Any]) -> None:
         if "momentum" in group:
             m = _in("momentum", group["momentum"], 0.0, 1.0, open_lo=False, open_hi=True)
@@ -160,6 +172,8 @@ class StoSignSGD(_PresetGroups, _StoSignBase):  # type: ignore[misc, valid-type]
     """StoSignSGD (Alg. 3). ``betas = (beta1, beta2)``: momentum and running-max decay
     (``beta2 = 1``, the default, is the pure running max of the paper's theory). A param
     group may set its own ``lr``, ``betas`` and (decoupled) ``weight_decay``."""
+
+    _ema_momentum = True
 
     def _translate(self, group: dict[str, Any]) -> None:
         if "betas" in group:

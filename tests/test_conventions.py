@@ -460,3 +460,27 @@ def test_a_preset_from_a_torch_optimizer_continues_as_its_formula():
         signify.Signum.from_optimizer(torch.optim.SGD([a], lr=0.1, momentum=0.9, nesterov=True))
     with pytest.raises(TypeError, match="opt must be a SGD"):
         signify.StoSignSGD.from_optimizer(torch.optim.Adamax([a]))
+
+
+@pytest.mark.parametrize("preset", ["Signum", "StoSignSGD"])
+def test_a_scheduler_cycling_momentum_moves_the_ema(preset):
+    """OneCycleLR writes only ``momentum``: the preset's EMA must follow it (``m = b_t m +
+    (1 - b_t) g``), not keep the first dampening. Float64 reference: the buffer for both, the
+    parameters for Signum (StoSignSGD's step is random)."""
+    torch.manual_seed(5)
+    p = torch.nn.Parameter(torch.randn(9))
+    opt = getattr(signify, preset)([p], lr=0.1, seed=0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=20)
+    x, m = p.detach().double().clone(), None
+    for _ in range(6):
+        g = torch.randn(9)
+        p.grad = g.clone()
+        beta, lr = opt.param_groups[0]["momentum"], opt.param_groups[0]["lr"]
+        m = g.double() if m is None else beta * m + (1 - beta) * g.double()
+        opt.step()
+        sched.step()
+        x = x - lr * torch.sign(m)
+        assert torch.allclose(opt.state[p]["momentum_buffer"].double(), m, atol=1e-6)
+        if preset == "Signum":
+            assert torch.allclose(p.detach().double(), x, atol=1e-6)
+    assert opt.param_groups[0]["momentum"] != 0.9  # the scheduler did move it

@@ -4,7 +4,7 @@
 # bench/plan_check.py: the host cost of the new plan check, old package (35ad313, copied to
 # bench/_ab/signify_old for this call only: git archive 35ad313 signify | tar x -C bench/_ab &&
 # mv bench/_ab/signify bench/_ab/signify_old, untracked) against this tree in one process.
-# Not run yet: no GPU machine could be started in the session that wrote it.
+# Not run yet: no GPU machine could be started in the session that wrote it, nor in the next.
 # Usage (GPU machine, repo root):  OUT=/some/dir bash bench/gpu_session11.sh
 set -u
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}

@@ -199,12 +199,28 @@ class SignifiedOptimizer(CheckpointedOptimizer):
     def stepsizes(self) -> list[Tensor]:
         """The step each param group took in its last step, as device tensors (reading them
         synchronises, calling this does not): a stepsize oracle's ``gamma * lr`` (per tensor
-        under ``scope="tensor"``), else the group's ``lr``."""
+        under ``scope="tensor"``), else the ``lr`` that step used (not the one a scheduler
+        stepped since has set)."""
         for t in self._chain:
             fn = getattr(t, "stepsizes", None)
             if fn is not None:
                 return fn(self)  # type: ignore[no-any-return]
-        return [torch.as_tensor(g["lr"], dtype=torch.float32) for g in self.param_groups]
+        return self._last_lrs()
+
+    def _last_lrs(self) -> list[Tensor]:
+        """Per group, the ``lr`` its last step used: the executor's device copy, written when
+        that step ran, since a scheduler stepped after it has already moved ``group["lr"]``
+        (the group's ``lr`` itself before its first step, or after a load)."""
+        cached = self._executor.hyper._tensors
+        out = []
+        for gi, g in enumerate(self.param_groups):
+            last = next((t["lr"] for (i, _), t in cached.items() if i == gi and "lr" in t), None)
+            out.append(
+                torch.as_tensor(g["lr"], dtype=torch.float32).clone()
+                if last is None
+                else last.clone()  # the copy is rewritten in place by the next step
+            )
+        return out
 
     # ---------------------------------------------------------------- introspection
     @property
@@ -263,6 +279,11 @@ class SignifiedOptimizer(CheckpointedOptimizer):
         super().__setstate__(state)
         if "_chain" in state:
             self._executor = self._make_executor(compile_)
+            # torch pickles no hooks: the chain's own (the block clock's step post-hook) are
+            # registered again, or a copy would stop advancing on steps without gradients
+            for t in self._chain:
+                if callable(register := getattr(t, "register_hooks", None)):
+                    register(self)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # A class made by signify() is no module attribute, so pickle cannot find it by

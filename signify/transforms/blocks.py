@@ -199,8 +199,12 @@ class Blocks(Transform):
         self._held = 0
         self._bound = True
         self._enforce(opt)
-        # A step in which no parameter had a gradient returns before ``after_step``; the
-        # clock must still advance, or an unused block would be picked forever.
+        self.register_hooks(opt)
+
+    def register_hooks(self, opt: SignifiedOptimizer) -> None:
+        """A step in which no parameter had a gradient returns before ``after_step``; the
+        clock must still advance, or an unused block would be picked forever. Called at
+        ``bind`` and again when a pickled optimizer is restored (torch keeps no hooks)."""
         opt.register_step_post_hook(self._post_step)
 
     def select(self, group_index: int, params: list[Tensor]) -> list[Tensor]:

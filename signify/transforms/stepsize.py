@@ -410,7 +410,7 @@ class ConstantStepsize(StepsizeOracle):
         pass
 
     def stepsizes(self, opt: SignifiedOptimizer) -> list[Tensor]:
-        return [torch.as_tensor(g["lr"], dtype=torch.float32) for g in opt.param_groups]
+        return opt._last_lrs()  # the lr of the last step, as an oracle's stepsizes() give
 
     def extra_repr(self) -> str:
         return ""

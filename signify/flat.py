@@ -20,7 +20,8 @@ What it changes, and what the executor checks every step (host work only, no syn
   default, lets the backward allocate a new one) is copied into the buffer and the view is
   put back as ``.grad`` (8 more bytes per fp32 parameter that step); with
   ``zero_grad(set_to_none=False)`` the backward accumulates into the view in place;
-* a bucket is stepped flat only when every parameter of it has a gradient and all their
+* a bucket is stepped flat only when every parameter of it has a gradient (of a dtype it
+  accepts as ``.grad``: a ``.data`` swap keeps the old one) and all their
   per-tensor scalars (step counters) agree (checked, with one synchronisation, when the plan
   is rebuilt); any other step runs per tensor over the same memory, and once a step has run
   without some of the bucket's gradients their counters differ for good (a warning says so);

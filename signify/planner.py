@@ -28,7 +28,16 @@ from torch import Tensor
 
 from . import compiled, rng, sharding
 from .flat import FlatBucket, home
-from .planning import Bucket, Chunk, Plan, alias, aliases_of_state, dim_order, powers_of_two
+from .planning import (
+    Bucket,
+    Chunk,
+    Plan,
+    alias,
+    aliases_of_state,
+    check_stepped,
+    dim_order,
+    powers_of_two,
+)
 from .sharding import local
 from .transforms.base import State, Transform, freeze_static
 
@@ -97,8 +106,10 @@ class Planner:
         return keys  # type: ignore[no-any-return]
 
     def ensure_state(self, active: list[list[Tensor]]) -> None:
-        """Create missing per-parameter state."""
+        """Create missing per-parameter state (after `check_stepped`: a refused step makes
+        none)."""
         opt = self.opt
+        check_stepped(opt, active)
         for gi, ps in enumerate(active):
             if not ps:
                 continue
@@ -185,10 +196,16 @@ class Planner:
         ]
         if list(map(id, members)) != list(map(id, bps)) or not members:
             return None
+        # a gradient the bucket's view could not be assigned as (a `.data` swap to another
+        # dtype keeps the old gradient, of a dtype the parameter no longer accepts)
+        if any(_grad_dtype_refused(p) for p in members):
+            self._warn_flat("a gradient's dtype is not its parameter's: stepping per tensor")
+            return None
         opt = self.opt
         keys: list[str] = []  # per-element state, re-homed into the bucket's buffers
         scalars: list[str] = []  # per-tensor scalars (counters, NAdam's mu_product)
         mirrored: list[str] = []  # the scalars no counter update reaches: copied after a step
+        maxed: set[str] = set()  # scalars the bucket may hold as their maximum (flat_max)
         for t in self.chain:
             for k in self.state_keys(t, group):
                 full = t.state_prefix + k
@@ -200,6 +217,8 @@ class Planner:
                 elif all(v.numel() == 1 for v in vals):
                     scalars.append(full)
                     mirrored.append(full)
+                    if k in t.flat_max:
+                        maxed.add(full)
                 else:
                     self._warn_flat(
                         f"the state {full!r} is neither per element nor a scalar: stepping "
@@ -208,7 +227,12 @@ class Planner:
                     return None
         for k in scalars:  # the first parameter's scalar serves the bucket: must agree (sync)
             vals_ = torch.stack([opt.state[p][k].reshape(()).double() for p in members])
-            if not bool((vals_ == vals_[0]).all()):
+            if not bool((vals_ == vals_[0]).all()) and k in maxed:
+                # a per-tensor checkpoint's (the step reads only their maximum): the same
+                # numbers, and a later per-tensor load reads the same maximum again
+                for p in members:
+                    opt.state[p][k].copy_(vals_.max())
+            elif not bool((vals_ == vals_[0]).all()):
                 self._warn_flat(
                     f"the bucket's tensors disagree on {k!r} (a step ran without some of "
                     "their gradients): stepping per tensor"
@@ -359,6 +383,13 @@ class Planner:
             device,
             rows,
         )
+
+
+def _grad_dtype_refused(p: Tensor) -> bool:
+    """Whether ``p.grad``'s dtype is one ``p`` refuses to be assigned (torch >= 2.9 has
+    ``grad_dtype``: None accepts any; before, only the parameter's dtype)."""
+    accepted = getattr(p, "grad_dtype", p.dtype)
+    return p.grad is not None and accepted is not None and p.grad.dtype != accepted
 
 
 def overrides(t: Transform, name: str) -> bool:

@@ -12,6 +12,7 @@ nor reads the base's sizes on every call.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -158,6 +159,45 @@ def dim_order(t: Tensor) -> list[int] | None:
             f"strides {t.stride()}"
         )
     return order
+
+
+def check_stepped(opt: Any, active: Sequence[Sequence[Tensor]]) -> None:
+    """Refuse, naming the parameter and before any state is made, what a step cannot write:
+    a parameter whose ``.data`` was swapped for a complex or integer tensor after
+    construction (its imaginary part would be dropped), one that is not a dense block of
+    memory, and parameters whose memory overlaps (``Parameter(w.data)`` beside ``w``,
+    overlapping slices): a compiled graph cannot take two written inputs that alias (inductor
+    fails), ``flatten=True`` would re-home each into its own slot and silently untie them,
+    and torch's own result then depends on its foreach flag. Tie weights by passing the one
+    ``Parameter`` once. Runs when the plan is rebuilt, not every step."""
+    spans = []
+    for gi, ps in enumerate(active):
+        names = opt.param_groups[gi].get("param_names")
+        index = {id(p): i for i, p in enumerate(opt.param_groups[gi]["params"])}
+        for p in ps:
+            i = index.get(id(p), -1)
+            what = f"param group {gi}, params[{i}]" + (f" ({names[i]!r})" if names else "")
+            t = local(p)
+            if t.is_complex() or not t.is_floating_point():
+                raise ValueError(
+                    f"{what} is now of dtype {t.dtype} (its .data was replaced): signify "
+                    "steps real floating-point parameters only"
+                )
+            try:
+                dim_order(t)
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
+            if t.numel():
+                start = t.storage_offset() * t.element_size()
+                where = (t.device, t.untyped_storage().data_ptr())
+                spans.append((where, start, start + t.numel() * t.element_size(), what))
+    spans.sort(key=lambda s: (str(s[0][0]), s[0][1], s[1]))
+    for prev, cur in itertools.pairwise(spans):
+        if prev[0] == cur[0] and cur[1] < prev[2]:
+            raise ValueError(
+                f"{prev[3]} and {cur[3]} overlap in memory: signify cannot step parameters "
+                "that share elements (tie weights by passing the one Parameter once)"
+            )
 
 
 def alias(t: Tensor, order: Sequence[int] | None = None) -> Tensor:

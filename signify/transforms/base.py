@@ -247,6 +247,8 @@ class Transform:
     longer matters (a base's denominator under the deterministic sign) and check order.
     ``hyper_defaults``: group hyperparameters it adds, with their defaults.
     ``counters``: per-parameter state keys incremented by one before each applied step.
+    ``flat_max``: per-tensor scalars read only through a maximum over tensors, so that a
+    flat bucket (``flatten=True``) may hold their maximum when its tensors' values differ.
     ``state_prefix``: prefix of its per-parameter state keys (adapters use the base's own
     names, with no prefix, so torch.optim checkpoints load unchanged).
     ``direction_values``: what a transform that writes ``direction`` puts in it, when it
@@ -260,6 +262,7 @@ class Transform:
     writes: frozenset[str] = frozenset()
     hyper_defaults: ClassVar[dict[str, Any]] = {}
     counters: tuple[str, ...] = ()
+    flat_max: tuple[str, ...] = ()
     direction_values: ClassVar[str | None] = None
     #: True when the transform needs the whole step's reductions (``prepare``) first.
     has_prepare: ClassVar[bool] = False

@@ -242,6 +242,7 @@ class Alias(_AliasBase):
     name = "alias"
     sum_rows = ("l1", "dot", "has")
     max_rows = ("dx",)
+    flat_max = ("dx",)  # a bucket's l-inf move is its tensors' largest (decay moves differ)
 
     def unit_exact(self, values: str | None) -> bool:
         return values == "pm1" or (values == "sign" and self.scope != "tensor")

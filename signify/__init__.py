@@ -5,7 +5,8 @@ opt = SignAdam(model.parameters(), lr=1e-4)
 """
 
 from . import adapters, rng, sos, transforms
-from .optimizer import SignifiedOptimizer, signify
+from .factory import signify
+from .optimizer import SignifiedOptimizer
 from .presets import SignAdamax, Signum, StoSignSGD
 
 __version__ = "0.1.0"

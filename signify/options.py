@@ -94,7 +94,7 @@ def warn_blocks_drop_stepsize(middle: list[Transform]) -> None:
             "inactive='drop') loses each block's previous gradient at every switch: with one "
             "block a step the estimate never leaves its first step. Use "
             "Blocks(..., inactive='keep') (docs/stepsize.md)",
-            stacklevel=4,  # here, _make_class, signify, the user's line
+            stacklevel=4,  # here, make_class, signify, the user's line
         )
 
 

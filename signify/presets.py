@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .optimizer import signify
+from .factory import signify
 from .transforms import DecoupledWeightDecay, Sign, StochasticSign
 from .validation import _number
 

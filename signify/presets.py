@@ -11,7 +11,7 @@ The momentum starts at ``m_1 = g_1``, torch SGD's convention and StoSignSGD's (A
 Bernstein et al. and MXNet start from ``m_0 = 0``, which differs only in the weight of the first
 gradient in later momenta (a factor ``1 / (1 - beta)`` that decays as ``beta^t``).
 Runtime options (``seed``, ``compile``, ``state_dtype``, ``nonfinite``, ``compile_chunk``,
-``flatten``) are accepted as keywords.
+``flatten``, ``max_grad_norm``) are accepted as keywords.
 """
 
 from __future__ import annotations

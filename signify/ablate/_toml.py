@@ -29,6 +29,8 @@ def load_file(path: str | pathlib.Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file not found: {path}")
     try:
         return loads(path.read_text())
+    except UnicodeDecodeError as e:  # a binary file: name it (the codec's text does not)
+        raise ValueError(f"{path}: not a UTF-8 text file: {e}") from e
     except Exception as e:
         if type(e).__name__ == "TOMLDecodeError":
             raise ValueError(f"{path}: invalid TOML: {e}") from e

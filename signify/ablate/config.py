@@ -12,7 +12,7 @@ from typing import Any
 
 from . import tasks as tasks_mod
 from ._toml import load_file, loads
-from .variants import Variant, from_tables, spec_hash
+from .variants import Variant, check_unique, from_tables, spec_hash
 
 SCHEDULES = ("constant", "cosine", "inv_sqrt")
 DTYPES = ("auto", "fp32", "bf16")
@@ -88,6 +88,8 @@ class StudyConfig:
             raise ValueError(f"tune_steps ({c.tune_steps}) must be <= steps ({c.steps})")
         if c.out is None:
             c.out = f"runs/ablate/{c.task}-{c.preset}"
+        if not isinstance(c.out, str) or not c.out:
+            raise TypeError(f"out must be a folder path (a string), got {c.out!r}")
         return c
 
     @property
@@ -316,6 +318,18 @@ def load(
     unknown = set(file_table) - {"study", "variant"}
     if unknown:
         raise ValueError(f"{config_path}: unknown top-level keys {sorted(unknown)}")
+    # `study = 3` or `variant = 3` must name the field, not fail deep inside with an
+    # AttributeError; `variant = []` must not silently run the default variants.
+    if not isinstance(file_table.get("study", {}), dict):
+        raise TypeError(
+            f"{config_path}: study must be a table ([study]), got {file_table['study']!r}"
+        )
+    if "variant" in file_table:
+        tables = file_table["variant"]
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise TypeError(f"{config_path}: variant must be [[variant]] tables, got {tables!r}")
+        if not tables:
+            raise ValueError(f"{config_path}: variant is an empty list; give [[variant]] tables")
     chosen = task or file_table.get("study", {}).get("task") or "gpt"
     default = loads(default_text(chosen))
     study = study_from_table(default["study"])
@@ -324,6 +338,7 @@ def load(
     study.task = chosen
     if variants:
         chosen_variants = list(variants)
+        check_unique(chosen_variants)  # two `--variant "Adam lr=..."` share the auto name
     elif file_table.get("variant"):
         chosen_variants = from_tables(file_table["variant"])
     else:

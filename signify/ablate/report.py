@@ -54,7 +54,8 @@ def _mean(values: list[float]) -> float:
 
 def _lr_cell(v: dict[str, Any]) -> str:
     if v["lr"] is None:
-        return "default"
+        # A grid whose every lr failed chose none (the class default never ran either).
+        return f"none of {len(v['lrs'])}" if v["lrs"] and len(v["lrs"]) > 1 else "default"
     text = f"{v['lr']:g}"
     if v["lrs"] and len(v["lrs"]) > 1:
         text += f" (best of {len(v['lrs'])})"

@@ -241,7 +241,8 @@ def _summarise(
     )
     for k in ("val_acc", "f_last"):
         if k in evals[-1]:
-            result[k] = evals[-1][k]
+            # Like final_val_loss: a diverged run's last evaluation (NaN weights) is no result.
+            result[k] = evals[-1][k] if status == "ok" else float("nan")
     # Throughput after the first 10% of the steps: excludes compilation and warm-up.
     start = next((r for r in rows if r["step"] >= max(1, steps // 10)), rows[0])
     dt, ds = last["time"] - start["time"], last["step"] - start["step"]
@@ -292,6 +293,7 @@ def run_variant(
         if not ok:
             errors = {r.get("error") for r in outcome.tuning.values() if r.get("error")}
             outcome.error = "; ".join(sorted(e for e in errors if e)) or "every lr diverged"
+            outcome.lr = None  # no lr won: the report must not mark the first one as chosen
             return outcome
         outcome.lr = min(ok, key=lambda lr: ok[lr]["final_val_loss"])
     for seed in study.seeds:

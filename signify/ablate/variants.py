@@ -125,11 +125,26 @@ class Variant:
         """Build what can be built without parameters (the optimizer class, signify's class
         with the options): a dry run's errors are then the ones the run would meet."""
         cls = resolve_optimizer(self.optimizer)
-        if self.plain or self.optimizer in _PRESETS:
-            return
-        import signify
+        if not (self.plain or self.optimizer in _PRESETS):
+            import signify
 
-        signify.signify(cls, **{k: build_option(k, v) for k, v in self.options.items()})
+            signify.signify(cls, **{k: build_option(k, v) for k, v in self.options.items()})
+        # The constructor too, on a throwaway parameter: a misspelt keyword (momentun=0.9) or
+        # a bad value must fail the dry run, not every run later. Blocks find layers by
+        # parameter name, which the throwaway has none of: they were checked just above.
+        from .runner import _process_group  # vote= needs a (one-process) group to build
+
+        v = self
+        if self.needs_names:
+            v = dataclasses.replace(self, options={**self.options, "blocks": None})
+        with _process_group(v):
+            v.build(
+                [("w", torch.nn.Parameter(torch.zeros(2)))],
+                self.lrs[0] if self.lrs else None,
+                seed=0,
+                compile=False,
+                device=torch.device("cpu"),
+            )
 
     def build(
         self,
@@ -258,6 +273,8 @@ def _lrs(value: Any, where: str) -> tuple[float, ...] | None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"{where}: lr must be positive numbers, got {v!r}")
         out.append(float(v))
+    if len(set(out)) < len(out):  # tuning results are keyed by lr: a repeat would vanish
+        raise ValueError(f"{where}: lr grid repeats a value: {list(out)}")
     return tuple(out)
 
 
@@ -308,6 +325,8 @@ def _one(fields: Mapping[str, Any], where: str) -> Variant:
     if not isinstance(optimizer, str):
         raise TypeError(f"{where}: optimizer must be a string, got {optimizer!r}")
     plain = fields.get("signify", True) is False
+    if not isinstance(fields.get("signify", True), bool):  # "no" would silently mean true
+        raise TypeError(f"{where}: signify must be true or false, got {fields['signify']!r}")
     options: dict[str, Any] = {}
     kwargs: dict[str, Any] = {}
     for k, v in fields.items():
@@ -407,11 +426,18 @@ def from_tables(tables: Iterable[Mapping[str, Any]]) -> list[Variant]:
     out: list[Variant] = []
     for t in tables:
         out.extend(from_dict(t))
+    check_unique(out)
+    return out
+
+
+def check_unique(out: Sequence[Variant]) -> None:
+    """Rows, plots and the bold best are keyed by name: two variants must not share one."""
     names = [v.name for v in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"variant names must be unique, repeated: {dup}")
-    return out
+        raise ValueError(
+            f'variant names must be unique, repeated: {dup} (give each a name: name="...")'
+        )
 
 
 def spec_hash(obj: Any) -> str:

@@ -64,7 +64,11 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
-    p.add_argument("--seeds", type=_seeds, help="seeds, comma-separated (default 0,1)")
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="seeds, comma-separated (default: the task's study: 0,1; logreg 0)",
+    )
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--dtype", choices=DTYPES, help="autocast: auto = bf16 for gpt on CUDA")
     p.add_argument(
@@ -73,7 +77,12 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="compile signified steps (default: on CUDA when Triton is there)",
     )
-    p.add_argument("--schedule", choices=SCHEDULES, help="lr schedule (default constant)")
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="lr schedule (default: the task's study, cosine for gpt, inv_sqrt for "
+        "nonsmooth, else constant)",
+    )
     p.add_argument("--warmup", type=float, help="warmup as a fraction of the steps")
     p.add_argument("--eval-every", type=int, help="steps between evaluations")
     p.add_argument("--tune-steps", type=int, help="length of lr-tuning runs (default: full length)")
@@ -198,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    # OSError, not only FileNotFoundError: `--out` naming a file or an unwritable folder is a
+    # user error to report in one line, not a traceback.
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
         print(f"signify {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

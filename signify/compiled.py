@@ -248,11 +248,14 @@ def make_segment(
     return signify_segment
 
 
-def make_bookkeeping(check: str | None) -> Callable[..., Tensor | None]:
+def make_bookkeeping(check: str | None, count_all: bool = False) -> Callable[..., Tensor | None]:
     """The step's scalar work; per-tensor keys are written as int32 (`signify.rng`).
     ``check``: None (no check: every step counts), "graph" (``bad`` counts non-finite
     gradient entries) or "foreach" (``bad`` holds per-tensor max-abs norms of the gradients,
-    non-finite iff a gradient is)."""
+    non-finite iff a gradient is). ``count_all``: the random-stream counter advances even on
+    a step this rank skips (under a majority vote the parameter write is the group's and
+    happens on every rank; its stochastic rounding must draw the same keys everywhere, so
+    the ranks' counters must not fall out of step)."""
 
     def signify_bookkeeping(bad, seed, counter, skipped, tensor_keys, step_keys):  # type: ignore[no-untyped-def]
         ok = None
@@ -260,7 +263,7 @@ def make_bookkeeping(check: str | None) -> Callable[..., Tensor | None]:
             counter.add_(1)
         else:
             ok = (bad == 0).all() if check == "graph" else torch.isfinite(bad).all()
-            counter.add_(ok.to(torch.int64))
+            counter.add_(1 if count_all else ok.to(torch.int64))
             skipped.add_((~ok).to(skipped.dtype))
         key = rng.step_key(seed, counter)
         for tk, sk in zip(tensor_keys, step_keys):

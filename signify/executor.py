@@ -361,9 +361,12 @@ class Executor:
         shared = self.opt.shared_state(device)
         state = shared["rng"]
         here = [b for b in plan.buckets if b.device == device]
+        # Under a vote (a barrier) the write is the group's step on every rank, a rank that
+        # skipped its own included: its random stream advances with the others'.
+        count_all = any(t.is_barrier for t in self.chain)
         run = self._runner(
-            ("bookkeeping", mode, len(here)),
-            lambda: compiled.make_bookkeeping(mode),
+            ("bookkeeping", mode, len(here), count_all),
+            lambda: compiled.make_bookkeeping(mode, count_all),
             device,
         )
         ok = run(

@@ -138,6 +138,9 @@ class StepContext:
     ``static``: compile-time constants of the group (see `freeze_static`).
     ``keys``: int32 per-tensor random-stream keys for this step (see `signify.rng`).
     ``ok``: 0-d bool, False when the step must change nothing (non-finite gradients).
+    ``own_ok``: this rank's own ``ok``, kept when a majority vote clears ``ok`` (the vote's
+    parameter write is the group's step and happens on every rank); state a transform after
+    the vote keeps for this rank alone (a stepsize's previous gradient) follows it.
     ``shared``: the optimizer-level state of transforms (`Transform.shared_state`).
     """
 
@@ -153,6 +156,7 @@ class StepContext:
         self.static = static
         self.keys = keys
         self.ok = ok
+        self.own_ok = ok
         self.shared = shared
         # the unused high 16 bits of the last stochastic-rounding draw, per (tensor, size)
         self._spare: dict[tuple[int, int], Tensor] = {}

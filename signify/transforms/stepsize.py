@@ -205,8 +205,10 @@ class StepsizeOracle(Transform):
 
     def finalize(self, opt: SignifiedOptimizer) -> None:
         mine = opt._shared[self.name]
-        self.all_reduce(mine)
-        ok = opt._executor.ok
+        # The ranks' ok flags travel with the accumulators: under a majority vote one rank
+        # may skip its own step (a non-finite gradient) while the others do not, and every
+        # rank must still commit the same gamma (the vote's write moves them all by it).
+        ok = self.all_reduce(mine, opt._executor.ok)
         fn = self._finalize_fn
         if fn is None:
             fn = self.compute
@@ -281,16 +283,19 @@ class StepsizeOracle(Transform):
             return "sum" if self._shards is not None else "mean"
         return self.reduce
 
-    def all_reduce(self, mine: dict[str, Tensor]) -> None:
+    def all_reduce(self, mine: dict[str, Tensor], ok: Tensor | None = None) -> Tensor | None:
         """Make every rank see the same accumulators: one all-gather of the few floats, then
-        sums (averaged in ``"mean"`` mode) and maxima."""
+        sums (averaged in ``"mean"`` mode) and maxima. Returns ``ok`` and-ed over the ranks
+        (it rides in the same all-gather), so that every rank commits the step's scalars or
+        none does."""
         mode = self.reduce_mode()
         if mode == "none":
-            return
+            return ok
         import torch.distributed as dist
 
         acc_sum, acc_max = mine["acc_sum"], mine["acc_max"]
-        flat = torch.cat([acc_sum.reshape(-1), acc_max.reshape(-1)])
+        flag = torch.ones(1, device=acc_sum.device) if ok is None else ok.float().reshape(1)
+        flat = torch.cat([acc_sum.reshape(-1), acc_max.reshape(-1), flag])
         group = self.group()
         world = dist.get_world_size(group)
         out = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
@@ -301,7 +306,8 @@ class StepsizeOracle(Transform):
         if mode == "mean":
             sums = sums / world
         acc_sum.copy_(sums.view_as(acc_sum))
-        acc_max.copy_(out[:, k:].amax(0).view_as(acc_max))
+        acc_max.copy_(out[:, k:-1].amax(0).view_as(acc_max))
+        return None if ok is None else out[:, -1].min() > 0
 
     def mean_over_ranks(self, x: Tensor) -> Tensor:
         """``x`` averaged over ranks (for the loss at ``x_0``); unchanged without a group."""
@@ -351,7 +357,17 @@ class StepsizeOracle(Transform):
     def record_step(self, ctx: StepContext, state: State, eff: list[Tensor]) -> None:
         """Keep each tensor's applied step (for `stepsizes` and option I's ``d~``)."""
         for i, e in enumerate(eff):
-            ctx.write(i, state["s_prev"][i], e, _SCALAR)
+            self.write_own(ctx, i, state["s_prev"][i], e, _SCALAR)
+
+    @staticmethod
+    def write_own(ctx: StepContext, i: int, dst: Tensor, value: Tensor, stream: int) -> None:
+        """`StepContext.write` of this rank's own state, skipped where this rank skipped its
+        step even when a vote before the oracle cleared ``ctx.ok`` for the group's parameter
+        write: a rank that stored its non-finite gradient would hand NaN to every rank's next
+        estimate through the all-reduce."""
+        if ctx.own_ok is not None and ctx.own_ok is not ctx.ok:  # else write() masks it
+            value = torch.where(ctx.own_ok, value, dst)
+        ctx.write(i, dst, value, stream)
 
     def extra_state(self) -> dict[str, Any] | None:
         return {"scope": self.scope}

@@ -285,8 +285,8 @@ class Alias(_AliasBase):
                 dx = eff[i]
             else:
                 dx = eff[i] * move.abs().amax() if p.numel() > 0 else eff[i] * 0
-            ctx.write(i, state["dx"][i], dx, _SCALAR)
-            ctx.write(i, state["g_prev"][i], up(u.grads[i]), _GPREV)
+            self.write_own(ctx, i, state["dx"][i], dx, _SCALAR)
+            self.write_own(ctx, i, state["g_prev"][i], up(u.grads[i]), _GPREV)
         self.record_step(ctx, state, eff)
         return u, state
 
@@ -379,9 +379,9 @@ class AliasLowMem(_AliasBase):
         for i, (p, d) in enumerate(zip(u.params, direction)):
             move = d if u.decay is None else d + u.decay * up(p)
             dx1 = eff[i] * p.numel() if unit else eff[i] * move.abs().sum()
-            ctx.write(i, state["dx"][i], dx1, _SCALAR)
-            ctx.write(i, state["gmax"][i], state["cur"][i][0], _SCALAR)
-            ctx.write(i, state["gmin"][i], state["cur"][i][1], _SCALAR)
-            ctx.write(i, state["bits"][i], pack_signs(u.grads[i]), _SCALAR)
+            self.write_own(ctx, i, state["dx"][i], dx1, _SCALAR)
+            self.write_own(ctx, i, state["gmax"][i], state["cur"][i][0], _SCALAR)
+            self.write_own(ctx, i, state["gmin"][i], state["cur"][i][1], _SCALAR)
+            self.write_own(ctx, i, state["bits"][i], pack_signs(u.grads[i]), _SCALAR)
         self.record_step(ctx, state, eff)
         return u, state

@@ -116,7 +116,7 @@ class AliasAdam(StepsizeOracle):
         _check_direction(u, "AliasAdam")
         eff = self.scale_lr(u, self.gamma_of(ctx, state, len(u.params)))
         for i, g in enumerate(u.grads):
-            ctx.write(i, state["bits"][i], pack_signs(g), _SCALAR)
+            self.write_own(ctx, i, state["bits"][i], pack_signs(g), _SCALAR)
         self.record_step(ctx, state, eff)
         return u, state
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import sys
 
 import torch
 import torch.distributed as dist
+
+
+def free_port() -> int:
+    """A TCP port free now on 127.0.0.1, for a spawn's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def init_gloo(rank: int, world: int, port: int, timeout_s: int = 300) -> None:

@@ -9,7 +9,6 @@ step (rank 1's shard only under FSDP): every rank must skip that step.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 
@@ -19,14 +18,9 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _dist_workers as dw
+from _gloo import free_port
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def ranks():
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(
             dw.worker,
-            args=(WORLD, _free_port(), out),
+            args=(WORLD, free_port(), out),
             nprocs=WORLD,
             join=True,
             start_method="forkserver",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 import tempfile
 
@@ -23,12 +22,7 @@ from signify.transforms.vote import MajorityVote, make_vote
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _vote_workers as vw
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _gloo import free_port
 
 
 def start(fn, args, nprocs):

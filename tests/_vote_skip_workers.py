@@ -1,4 +1,4 @@
-"""Worker side of tests/test_dist_explore.py: a majority vote where one rank skips its own step
+"""Worker side of tests/test_vote_skips.py: a majority vote where one rank skips its own step
 (a non-finite gradient), with a stepsize oracle after the vote and with bf16 parameters.
 One spawn of ``WORLD`` gloo ranks runs every scenario; each rank saves what it saw to
 ``out/rank{r}.pt`` and the test compares the ranks with each other and with float64

@@ -10,13 +10,12 @@ across ranks for the parameters to stay identical, and did not before 2026-12-07
 * the random stream of bf16 parameters' stochastic rounding: the bad rank's counter did not
   advance, so from then on it rounded its writes with other bits than its peers.
 
-References are float64 simulations written from the algorithm (tests/_dist_explore_workers.py).
+References are float64 simulations written from the algorithm (tests/_vote_skip_workers.py).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 
@@ -25,22 +24,17 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
-import _dist_explore_workers as dw
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import _vote_skip_workers as dw
+from _gloo import free_port
 
 
 @pytest.fixture(scope="module")
 def ranks():
-    mp.set_forkserver_preload(["torch", "torch.distributed", "signify", "_dist_explore_workers"])
+    mp.set_forkserver_preload(["torch", "torch.distributed", "signify", "_vote_skip_workers"])
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(
             dw.worker,
-            args=(dw.WORLD, _free_port(), out),
+            args=(dw.WORLD, free_port(), out),
             nprocs=dw.WORLD,
             join=True,
             start_method="forkserver",

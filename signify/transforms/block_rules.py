@@ -27,6 +27,7 @@ and a resumed run continues bit-identically.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -77,7 +78,14 @@ def depth_periods(n: int, depth_bias: float) -> list[float]:
 
 
 class DepthClock(Rule):
-    """ABSignSGD's depth-biased clock (see the module docstring)."""
+    """ABSignSGD's depth-biased clock (see the module docstring).
+
+    The clock runs in exact integer arithmetic: with ``c = p / q`` (the decimal written,
+    ``0.1`` is ``1/10``), ``q tau_i`` is an integer and block ``i``'s next-ready time is
+    ``(m_i + 1) tau_i`` after ``m_i`` picks. Accumulating ``T_i += tau_i`` in floats (the
+    official code) breaks exact ties by rounding when ``c`` is not an integer (``N = 12``,
+    ``c = 0.1``: pick 131 goes to the deepest block instead of the shallowest); integer
+    ``c``, the default 10 included, gives the same picks either way."""
 
     name = "depth"
 
@@ -85,28 +93,41 @@ class DepthClock(Rule):
         super().__init__()
         self.depth_bias = float(depth_bias)
         self.tau: list[float] = []
-        self.ready: list[float] = []
+        self.counts: list[int] = []  # picks of each block so far
+        self._periods: list[int] = []  # q tau_i, exact
 
     def reset(self, n: int, seed: int) -> None:
         super().reset(n, seed)
         self.tau = depth_periods(n, self.depth_bias)
-        self.ready = list(self.tau)
+        c = Fraction(repr(self.depth_bias))
+        self._periods = [n * c.denominator + c.numerator * (n - i + 1) for i in range(1, n + 1)]
+        self.counts = [0] * n
+
+    @property
+    def ready(self) -> list[float]:
+        """The next-ready times ``T_i`` (as floats)."""
+        return [(m + 1) * t for m, t in zip(self.counts, self.tau)]
 
     def _pick(self, k: int) -> tuple[int, ...]:
         # argmin with ties to the smallest index (numpy's argmin, as in the official code)
-        i = min(range(self.n), key=lambda j: (self.ready[j], j))
-        self.ready[i] += self.tau[i]
+        per, counts = self._periods, self.counts
+        i = min(range(self.n), key=lambda j: ((counts[j] + 1) * per[j], j))
+        counts[i] += 1
         return (i,)
 
     def state(self) -> dict[str, Any]:
-        return {"k": self.k, "ready": list(self.ready)}
+        return {"k": self.k, "ready": self.ready, "counts": list(self.counts)}
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        ready = [float(x) for x in state["ready"]]
-        if len(ready) != self.n:
-            raise ValueError(f"blocks: saved depth clock has {len(ready)} blocks, not {self.n}")
-        self.ready = ready
+        if "counts" in state:
+            counts = [int(x) for x in state["counts"]]
+        else:  # a checkpoint of the float clock: T_i = (m_i + 1) tau_i up to rounding
+            counts = [max(0, round(float(r) / t) - 1) for r, t in zip(state["ready"], self.tau)]
+            counts += [0] * (len(state["ready"]) - len(counts))
+        if len(counts) != self.n:
+            raise ValueError(f"blocks: saved depth clock has {len(counts)} blocks, not {self.n}")
+        self.counts = counts
 
 
 class Cyclic(Rule):

@@ -308,12 +308,19 @@ def _conversion(graph: fx.Graph, at_one: _Copier, terms: list[Any]):  # type: ig
         src = _scalar_source(v)
         return at_one(src if src is not None else v)
 
-    if len(terms) == 1 and terms[0][0] == "addcdiv":
-        t1, t2, v = terms[0][1]
-        t2c = at_one(t2)
+    # ``addcdiv`` terms that all divide by one tensor t2 (one term, as in Adam; or NAdam's
+    # two, gradient and momentum over sqrt(v_hat) + eps): ``a = -sum(v t1 sign(t2))``,
+    # ``sigma = |t2|``. Summing the terms first and calling that ``a`` with no sigma would
+    # lose the base's denominator to the running max, and the stochastic sign would no longer
+    # be unbiased for the base's own step (a traced NAdam differed from NAdam's adapter).
+    if terms and all(k == "addcdiv" for k, _ in terms) and len({a[1] for _, a in terms}) == 1:
+        t2c = at_one(terms[0][1][1])
         sign2 = graph.call_function(aten.sign.default, (t2c,))
-        a = graph.call_function(aten.mul.Tensor, (at_one(t1), sign2))
-        a = graph.call_function(aten.mul.Tensor, (a, _neg(graph, scalar(v))))
+        a = None
+        for _, (t1, _t2, v) in terms:  # one term: (t1 sign(t2)) (-v), as before
+            ai = graph.call_function(aten.mul.Tensor, (at_one(t1), sign2))
+            ai = graph.call_function(aten.mul.Tensor, (ai, _neg(graph, scalar(v))))
+            a = ai if a is None else graph.call_function(aten.add.Tensor, (a, ai))
         return a, graph.call_function(aten.abs.default, (t2c,))
     total: Any = None
     for term in terms:

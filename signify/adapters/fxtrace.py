@@ -15,8 +15,9 @@ The parameter's new value is then read as ``p_new = C * p + sum of terms``: the 
 ``mul`` (decoupled weight decay), ``add``/``sub`` with ``alpha`` (``x - lr d``), ``addcdiv``
 (``x - lr a / sigma``) and ``addcmul`` ops applied to ``p``. Evaluated with ``lr = 1`` (the
 base's update is linear in lr; every other use of lr, e.g. in state, keeps the real value),
-``decay = 1 - C`` and the terms give the conversion's input: one ``addcdiv`` term
-``v * t1 / t2`` gives ``a = -v t1 sign(t2)``, ``sigma = |t2|``; anything else gives
+``decay = 1 - C`` and the terms give the conversion's input: ``addcdiv`` terms
+``v_i * t1_i / t2`` over one ``t2`` (Adam's one, NAdam's two) give
+``a = -sum(v_i t1_i) sign(t2)``, ``sigma = |t2|``; anything else gives
 ``a = -(sum of terms)`` and no sigma. A base whose step does not involve lr at all (Rprop)
 gets ``a`` divided by lr, so that ``lr * a / sigma`` is still its step. Every other factor
 stays inside ``a / sigma`` (bias corrections, Adagrad's lr decay): the conversion's step

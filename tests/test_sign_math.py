@@ -110,8 +110,12 @@ def test_stochastic_sign_is_unbiased(cfg):
     seed = int(torch.randint(0, 2**31, ()).item())
     opt = signify.signify(getattr(torch.optim, name), stochastic=True, seed=seed)([p], **kw)
     ref = Reference(name, kw, (1,))
-    ratios = []
-    for t in range(10):
+    ratios: list[float] = []
+    # at least 10 steps, and on until two were genuinely random (|a / sigma| < 0.9): with
+    # momentum, 10 fresh draws were all clipped about once in a few hundred runs
+    for t in range(40):
+        if t >= 10 and sum(r < 0.9 for r in ratios) >= 2:
+            break
         c = float(torch.randn(()) * torch.exp(0.5 * torch.randn(())))
         p.grad = torch.full((N_BIG,), c)
         before = p.detach().double().clone()
@@ -122,7 +126,7 @@ def test_stochastic_sign_is_unbiased(cfg):
         _check_mean(mean_step, e / r.step_scale, lr, f"{name} step {t + 1}")
         ratios.append(abs(e / r.step_scale))
     # the test only means something if some steps are genuinely random
-    assert min(ratios) < 0.9
+    assert sum(r < 0.9 for r in ratios) >= 2, ratios
 
 
 @pytest.mark.parametrize("name", ["Adam", "RMSprop", "NAdam"])

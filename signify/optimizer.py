@@ -13,10 +13,11 @@ a stepsize, a vote, a block schedule); the last one writes the parameters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import numbers
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -36,6 +37,38 @@ from .options import (
 from .transforms.base import Transform
 
 __all__ = ["SignifiedOptimizer"]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: What torch.compile says where it meets ``step`` (with ``fullgraph=True``: the error).
+NOT_TRACED = (
+    "signify: SignifiedOptimizer.step is marked as skipped by torch.compile on purpose (its "
+    "host bookkeeping runs in Python; with compile=True it runs its own compiled graphs). "
+    "Compile the surrounding function with fullgraph=False, where the step is one clean "
+    "graph break and steps exactly as eagerly, or call opt.step() outside it"
+)
+
+
+def _not_traced(fn: _F) -> _F:
+    """``torch._disable_dynamo`` with a reason: dynamo graph-breaks where it meets ``fn``
+    (it reads the two attributes set here, so a ``fullgraph=True`` error says what to do,
+    not "Dynamo developers have intentionally marked..."), and ``fn`` runs with dynamo off
+    inside. torch._dynamo is imported at the first call, not at signify's import."""
+    disabled: Callable[..., Any] | None = None
+
+    @functools.wraps(fn)
+    def not_traced(*args: Any, **kwargs: Any) -> Any:
+        nonlocal disabled
+        if disabled is None:
+            import torch._dynamo
+
+            disabled = torch._dynamo.disable(fn, recursive=True)
+        return disabled(*args, **kwargs)
+
+    not_traced._torchdynamo_disable = True  # type: ignore[attr-defined]
+    not_traced._torchdynamo_disable_msg = NOT_TRACED  # type: ignore[attr-defined]
+    return not_traced  # type: ignore[return-value]
 
 
 class SignifiedOptimizer(CheckpointedOptimizer):
@@ -158,14 +191,19 @@ class SignifiedOptimizer(CheckpointedOptimizer):
             executor.invalidate()
 
     # ---------------------------------------------------------------- stepping
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step (``closure`` re-evaluates the loss, as in torch)."""
+        return self._step(closure)
+
     # Not traced by an outer torch.compile (as torch.optim's own state_dict/zero_grad): a
     # compiled training step graph-breaks here and the step runs as it would eagerly,
     # its own compiled graphs included. Tracing into it would follow the executor's host
-    # bookkeeping (plans, aliases made with set_) into dozens of graph breaks.
-    @torch._disable_dynamo
+    # bookkeeping (plans, aliases made with set_) into dozens of graph breaks. Not ``step``
+    # itself: torch's step-hook wrapper copies its attributes (functools.wraps), and dynamo
+    # would then stop at the wrapper, before the hooks, as well.
+    @_not_traced
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        """Perform one optimization step (``closure`` re-evaluates the loss, as in torch)."""
+    def _step(self, closure: Any) -> Any:
         loss = None
         if closure is not None:
             if not callable(closure):

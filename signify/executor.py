@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import compiled, gradcheck, rng, sharding
+from . import compiled, gradcheck, rng, sharding, zero
 from .cudagraphs import GraphReplay
 from .flat import check_chain
 from .planner import Planner, overrides
@@ -113,6 +113,8 @@ class Executor:
         self.ok: Tensor | None = None
         #: the process group over which the parameters are sharded (FSDP2), else None
         self.shard_group: Any = sharding.shard_group(opt.all_params())
+        #: the ZeroRedundancyOptimizer partition this optimizer steps (`signify.zero`)
+        self.partition = zero.detect(opt)
         # Segments: [start, end) ranges of the chain split after each barrier transform.
         self.segments: list[tuple[int, int]] = []
         start = 0
@@ -157,6 +159,12 @@ class Executor:
         if forget_homes:
             self.planner.homes.clear()
 
+    def _reduce_group(self) -> Any:
+        """The group over which the non-finite check and the clipping norm span the model:
+        FSDP2's shard group, ZeRO's process group, or None (this rank holds all of it)."""
+        part = self.partition
+        return self.shard_group if self.shard_group is not None or part is None else part.group
+
     def _plan_key(self, active: list[list[Tensor]]) -> Any:
         return self.planner.key(active, self.shard_group is not None)
 
@@ -199,6 +207,8 @@ class Executor:
         opt, planner = self.opt, self.planner
         active = planner.active_params()
         if not any(active):
+            if self.partition is not None:
+                zero.idle(self)  # the other ranks' collectives wait for this one
             return
         if self.nonfinite == "raise":
             self._raise_if_nonfinite(active)  # before anything (state included) changes
@@ -233,7 +243,7 @@ class Executor:
     def _use_graphs(self, plan: Plan) -> bool:
         return (
             self.capturable()
-            and self.shard_group is None
+            and self._reduce_group() is None
             and plan.devices[0].type == "cuda"
             and len(plan.devices) == 1
         )
@@ -251,7 +261,7 @@ class Executor:
     def _raise_if_nonfinite(self, active: list[list[Tensor]]) -> None:
         """``nonfinite="raise"``: one host sync (documented), before anything changes."""
         grads = [local(p.grad) for ps in active for p in ps if p.grad is not None]
-        if not gradcheck.all_finite(grads, self.shard_group):
+        if not gradcheck.all_finite(grads, self._reduce_group()):
             raise FloatingPointError("non-finite gradient (nonfinite='raise')")
 
     def _graphed_step(self, plan: Plan, hypers: dict[Any, dict[str, Tensor]]) -> None:
@@ -294,7 +304,7 @@ class Executor:
             mode: str | None = None
             coefs: dict[torch.device, Tensor] = {}
             if self.clip_in_graph and self.max_grad_norm is not None:
-                total = gradcheck.grad_norm(_real_grads(per_chunk), device, self.shard_group)
+                total = gradcheck.grad_norm(_real_grads(per_chunk), device, self._reduce_group())
                 # clip_grad_norm_'s coefficient, bit for bit
                 coef = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
                 coefs = {d: coef if d == device else coef.to(d) for d in plan.devices}
@@ -317,9 +327,9 @@ class Executor:
                     )
                     clip = coefs.get(c.device)
                     run(c.views, grads, c.states, hyper, c.keys, shared_tensors, counts, clip)
-            if check and bad is not None and self.shard_group is not None:
+            if check and bad is not None and (group := self._reduce_group()) is not None:
                 # a non-finite entry may sit in one rank's shard: every rank must skip
-                bad, mode = sharding.nonfinite_anywhere(bad, mode, self.shard_group), "graph"
+                bad, mode = sharding.nonfinite_anywhere(bad, mode, group), "graph"
 
             # 2. the step's scalars: ok flag, counters, random keys
             ok = self._bookkeeping(plan, device, mode, bad)

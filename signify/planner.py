@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import compiled, rng, sharding
+from . import compiled, rng, sharding, zero
 from .flat import FlatBucket, home
 from .planning import (
     Bucket,
@@ -152,7 +152,7 @@ class Planner:
     # ------------------------------------------------------------------ building
     def build(self, active: list[list[Tensor]], sharded: bool) -> Plan:
         opt = self.opt
-        position = {p: i for i, p in enumerate(opt.all_params())}
+        position = zero.positions(opt)  # ZeRO's over all ranks: noise keys as in one process
         plan = Plan([], [], [], [])
         for gi, ps in enumerate(active):
             if not ps:

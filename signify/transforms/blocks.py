@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .. import sharding
+from .. import sharding, zero
 from . import block_partition
 from .base import Transform
 from .block_rules import RULES, CallableRule, DepthClock, Rule
@@ -169,6 +169,12 @@ class Blocks(Transform):
             "runs, and the per-step requires_grad switching that makes a block step cheap "
             "is not part of its contract (untested there); train sharded models without "
             "blocks=, or with DDP/no data parallelism",
+        )
+        zero.refuse(
+            opt,
+            "blocks=",
+            "each rank would run a block schedule of its own over its partition (as many "
+            "blocks a step as ranks, not one); train without ZeRO (DDP) to use blocks=",
         )
         params = opt.all_params()
         names: list[str] | None = []

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from .. import rng, sharding
+from .. import rng, sharding, zero
 from .base import State, StepContext, Transform, Update
 
 if TYPE_CHECKING:
@@ -105,10 +105,12 @@ class StepsizeOracle(Transform):
         self._opt: SignifiedOptimizer | None = None
         self._finalize_fn: Callable[..., None] | None = None
         self._shards: Any = None  # the shard group of sharded (FSDP2) parameters
+        self._zero: Any = None  # the ZeroRedundancyOptimizer partition (`signify.zero`)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_finalize_fn"] = None  # a compiled function: rebuilt on first use
+        state["_zero"] = None  # a weak reference to the ZeroRedundancyOptimizer
         return state
 
     def unbound_copy(self) -> StepsizeOracle:
@@ -117,6 +119,7 @@ class StepsizeOracle(Transform):
         new._opt = None
         new._finalize_fn = None
         new._shards = None
+        new._zero = None
         return new
 
     # ---- per-slot scalars --------------------------------------------------------------
@@ -172,6 +175,8 @@ class StepsizeOracle(Transform):
                 "parameters would give each shard its own estimate; their norms must be "
                 "summed over the shards: leave reduce='auto' (or pass 'sum')"
             )
+        self._zero = zero.detect(opt)
+        zero.check_reduce(self)
 
     def plan(self, params: Sequence[Tensor], group_index: int) -> State:
         """``slots``: the slot of each tensor (one entry when the whole chunk shares one)."""
@@ -264,14 +269,20 @@ class StepsizeOracle(Transform):
     # ---- distributed -------------------------------------------------------------------
     def group(self) -> Any:
         """The process group of the reductions: the one given, else the shard group of
-        sharded parameters (FSDP2), else the default group."""
-        return self.process_group if self.process_group is not None else self._shards
+        sharded parameters (FSDP2), else ZeroRedundancyOptimizer's, else the default group."""
+        if self.process_group is not None:
+            return self.process_group
+        if self._shards is None and self._zero is not None:
+            return self._zero.group
+        return self._shards
 
     def reduce_mode(self) -> str:
         """``"auto"`` is ``"sum"`` over the shard group for sharded parameters (each rank
-        holds a part of every tensor), ``"mean"`` over the default group otherwise (data
-        parallel: replicated parameters, per-rank gradients)."""
-        if self.reduce == "none":
+        holds a part of every tensor) and over ZeroRedundancyOptimizer's group (each rank
+        steps some of the tensors; ``"none"`` for ``scope="tensor"``: a tensor's slot is its
+        owner's), ``"mean"`` over the default group otherwise (data parallel: replicated
+        parameters, per-rank gradients)."""
+        if self.reduce == "none" or (self._zero is not None and self.scope == "tensor"):
             return "none"
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             if self.reduce in ("mean", "sum") and self.process_group is not None:
@@ -280,7 +291,7 @@ class StepsizeOracle(Transform):
         if torch.distributed.get_world_size(self.group()) == 1:
             return "none"
         if self.reduce == "auto":
-            return "sum" if self._shards is not None else "mean"
+            return "sum" if self._shards is not None or self._zero is not None else "mean"
         return self.reduce
 
     def all_reduce(self, mine: dict[str, Tensor], ok: Tensor | None = None) -> Tensor | None:

@@ -233,7 +233,7 @@ class Alias(_AliasBase):
             gradient is 0 everywhere, such as a frozen or unused one, has not moved).
         reduce: across ranks, ``"mean"`` (data parallel, replicated parameters; the default
             when a process group is up), ``"sum"`` (each rank holds a shard of the
-            parameters), ``"none"``.
+            parameters: the default under FSDP2 and ZeroRedundancyOptimizer), ``"none"``.
 
     State: ``alias.g_prev`` (the previous gradient), and per tensor the last step's size
     ``alias.s_prev`` and l-inf move ``alias.dx``, and a step counter ``alias.n``.

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .. import bitvote, sharding
+from .. import bitvote, sharding, zero
 from .base import State, StepContext, Transform, Update
 
 if TYPE_CHECKING:
@@ -105,6 +105,12 @@ class MajorityVote(Transform):
             "the majority vote replaces the all-reduce of replicated gradients, while FSDP "
             "has already reduce-scattered them into shards (nothing is left to vote on); "
             "use vote= on unsharded parameters (no DDP, or DDP under no_sync())",
+        )
+        zero.refuse(
+            opt,
+            "vote=",
+            "the ranks would vote on different tensors. Use vote= with every rank stepping "
+            "every parameter (a plain optimizer, no DDP all-reduce)",
         )
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(

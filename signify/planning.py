@@ -61,6 +61,12 @@ class HyperCache:
         values = self._values.setdefault(key, {})
         tensors = self._tensors.setdefault(key, {})
         for name, v in group.items():
+            kind = type(v)
+            if kind is float or kind is int:  # the common case, first (host cost per step)
+                if values.get(name) != v or name not in tensors:
+                    self._slot(tensors, name, 0, device).fill_(float(v))  # no sync
+                    values[name] = v
+                continue
             if (
                 name in _NOT_PARAMS
                 or isinstance(v, (bool, np.bool_))

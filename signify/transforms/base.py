@@ -228,6 +228,10 @@ def freeze_static(group: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
     out: list[tuple[str, Any]] = []
     for k, v in sorted(group.items()):
+        kind = type(v)
+        if kind is float or kind is int:  # the common case, first (host cost per step)
+            out.append((k, True if k in SCALE_ONLY else v != 0))
+            continue
         if k in ("params", "param_names"):
             continue
         if isinstance(v, np.bool_):

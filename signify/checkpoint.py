@@ -72,13 +72,7 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         for i, p in enumerate(self.all_params()):  # state a run-and-read base keeps itself
             if extra := self._adapter.exported_state(p):
                 sd["state"][i] = {**sd["state"].get(i, {}), **extra}  # not into opt.state
-        shared = {
-            name: {
-                k: (v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v))
-                for k, v in d.items()
-            }
-            for name, d in self._shared.items()
-        }
+        shared = {name: _copied(d) for name, d in self._shared.items()}
         sd["signify"] = {
             "schema": SCHEMA_VERSION,
             "chain": [t.name for t in self._chain],
@@ -143,17 +137,7 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
             for group, old in zip(self.param_groups, before["param_groups"]):
                 for k, v in old.items():  # keys a torch checkpoint of the base lacks
                     group.setdefault(k, v)  # (the chain's: decoupled_wd, scale_beta, ...)
-            for p in self.all_params():
-                st = self.state.get(p)
-                if st:
-                    self.state[p] = self._restore_param_state(p, st)
-            if extra is not None:
-                self._seed = extra.get("seed", self._seed)
-                self._shared = {k: dict(v) for k, v in extra.get("shared", {}).items()}
-                for t in self._chain:
-                    if t.name in extra.get("extra", {}):
-                        _load_extra(t, extra["extra"][t.name])
-            self._after_load()
+            self._restore_loaded(extra)
             for i, p in enumerate(self.all_params()):  # as the transforms restored it
                 if self.state.get(p):
                     self._check_param_state(i, p)
@@ -166,6 +150,26 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
                     "the optimizer is unchanged"
                 ) from e
             raise
+
+    def _restore_loaded(self, extra: dict[str, Any] | None, copy_tensors: bool = False) -> None:
+        """After torch's load wrote ``self.state``: each parameter's state as the transforms
+        keep it, then signify's entry (checked: `_check_extra`), if any; ``copy_tensors``
+        when the entry's tensors must not be shared with the dict it came from."""
+        for p in self.all_params():
+            st = self.state.get(p)
+            if st:
+                self.state[p] = self._restore_param_state(p, st)
+        if extra is not None:
+            self._seed = extra.get("seed", self._seed)
+            shared = extra.get("shared", {})
+            if copy_tensors:
+                self._shared = {k: _copied(d) for k, d in shared.items()}
+            else:
+                self._shared = {k: dict(d) for k, d in shared.items()}
+            for t in self._chain:
+                if t.name in extra.get("extra", {}):
+                    _load_extra(t, extra["extra"][t.name])
+        self._after_load()
 
     def _check_extra(self, extra: Any) -> None:
         """``state_dict["signify"]``: schema, chain, seed and optimizer-level state."""
@@ -309,6 +313,13 @@ def _held(opt: torch.optim.Optimizer, hooks: str) -> Iterator[OrderedDict[Any, A
         yield held
     finally:
         setattr(opt, hooks, held)
+
+
+def _copied(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with its own tensors and values (a saved or loaded entry shares nothing)."""
+    return {
+        k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in d.items()
+    }
 
 
 def _load_extra(t: Transform, saved: Any) -> None:

@@ -26,7 +26,6 @@ constructor (a code-object comparison, at construction only).
 
 from __future__ import annotations
 
-import copy
 import sys
 import weakref
 from itertools import chain
@@ -206,21 +205,12 @@ def _load_hook(zero: Any, sd: dict[str, Any]) -> None:
         for g in groups:  # never a live group key: ZeRO copies every saved key into them
             found = g.pop("signify", None) if isinstance(g, dict) else None
             entry = found if entry is None else entry
-    for p in opt.all_params():  # as signify's own load leaves per-parameter state
-        st = opt.state.get(p)
-        if st:  # (ZeRO moved every 0-d tensor to the CPU)
-            st = {k: v.to(p.device) if isinstance(v, Tensor) else v for k, v in st.items()}
-            opt.state[p] = opt._restore_param_state(p, st)
     if entry is not None:
-        from .checkpoint import _load_extra
-
         opt._check_extra(entry)
-        opt._seed = entry.get("seed", opt._seed)
-        opt._shared = {
-            k: {n: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for n, v in d.items()}
-            for k, d in entry.get("shared", {}).items()
-        }
-        for t in opt._chain:
-            if t.name in entry.get("extra", {}):
-                _load_extra(t, entry["extra"][t.name])
-    opt._after_load()
+    for p in opt.all_params():  # ZeRO moved every 0-d tensor to the CPU
+        st = opt.state.get(p)
+        if st:
+            opt.state[p] = {
+                k: v.to(p.device) if isinstance(v, Tensor) else v for k, v in st.items()
+            }
+    opt._restore_loaded(entry, copy_tensors=True)  # as signify's own load

@@ -1,12 +1,14 @@
-"""Not run yet (written 2026-12-07, when the session's GPU time ran out): where the host
-time of a replayed step goes, old package against this tree, on a GPU.
+"""Where the host time of a replayed step goes, old package against this tree, on a GPU
+(written 2026-12-07, first run in the thirteenth GPU session).
 
 `bench/replay_diag.py` (twelfth session) found the replayed step of 220 small tensors
 (stochastic Adam, compiled) at 1.4-1.6x the wall time of 35ad313's with the same CUDA graph
 (166 us, 126 kernels each), while cProfile on the same machine showed the new package's
 Python work below the old one's, and an emulation on the CPU (replay stubbed) shows the two
 equal. This checks for a device sync (`torch.cuda.set_sync_debug_mode`) and times the
-parts of a step one by one: active parameters, plan key, key comparison, the step.
+parts of a step one by one: active parameters, plan key, key comparison, the step; and
+lists the host-side events (aten ops and CUDA runtime calls, torch.profiler) whose count per
+step differs between the two packages: work launched outside the graph would show there.
 
     python bench/replay_parts.py --old DIR     (DIR holds signify_old/, as plan_check.py)
 """
@@ -19,6 +21,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections import Counter
 from typing import Any
 
 import torch
@@ -42,6 +45,17 @@ def parts(opt: Any) -> tuple[float, ...]:
     return b - a, c - b, d - c, e - d
 
 
+def host_ops(opt: Any) -> Counter[str]:
+    """Names of the host-side events (aten ops, CUDA runtime calls) of one step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        opt.step()
+        torch.cuda.synchronize()
+    return Counter(e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True)
@@ -61,6 +75,15 @@ def main() -> None:
                 opt.step()
         torch.cuda.set_sync_debug_mode(0)
         print(name, "sync warnings:", len(caught), [str(x.message)[:80] for x in caught[:2]])
+    ops = {name: host_ops(opt) for name, opt in opts.items()}
+    names = sorted(set(ops["signify_old"]) | set(ops["signify"]))
+    print("host events per step that differ (old -> new):")
+    for n in names:
+        if ops["signify_old"][n] != ops["signify"][n]:
+            print(f"  {n[:70]}: {ops['signify_old'][n]} -> {ops['signify'][n]}")
+    print(
+        "total host events:", sum(ops["signify_old"].values()), "->", sum(ops["signify"].values())
+    )
     for _ in range(3):
         for name, opt in opts.items():
             xs = [parts(opt) for _ in range(100)]

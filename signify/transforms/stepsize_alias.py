@@ -65,7 +65,9 @@ def pack_signs(g: Tensor) -> Tensor:
     n = g.numel()
     bits = F.pad((g > 0).to(torch.uint8), (0, (-n) % 8)).view(-1, 8)
     shifts = torch.arange(8, dtype=torch.uint8, device=g.device)
-    return (bits << shifts).sum(1).to(torch.uint8)
+    # The shifted bits are disjoint, so their sum is their OR and fits a byte. Summing in
+    # uint8 keeps the compiled reduction's output at 1 bit/param (a plain sum promotes to int64).
+    return (bits << shifts).sum(1, dtype=torch.uint8)
 
 
 def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -46,6 +48,14 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
     _shared: dict[str, dict[str, Any]]
     _seed: int | None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _carry_entry_through_flat_dcp()
+        super().__init__(*args, **kwargs)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _carry_entry_through_flat_dcp()  # an unpickled optimizer was never constructed
+        super().__setstate__(state)
+
     def _fresh_shared(self, device: torch.device) -> dict[str, dict[str, Any]]:
         """Optimizer-level state as a new optimizer has it (the random stream, the skip
         counter, each transform's scalars): also what a loaded one is checked against."""
@@ -65,6 +75,7 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     def state_dict(self) -> dict[str, Any]:
+        _carry_entry_through_flat_dcp()  # get_optimizer_state_dict comes here first
         # torch runs the post hooks inside its state_dict(): hold them back so that they see
         # the whole state, signify's entry included
         with _held(self, "_optimizer_state_dict_post_hooks") as post_hooks:
@@ -302,6 +313,42 @@ class CheckpointedOptimizer(torch.optim.Optimizer):
             elif dtype is not None and v.is_floating_point() and v.dim() > 0:
                 st[k] = v.to(dtype=dtype)
         return st
+
+
+def _carry_entry_through_flat_dcp() -> None:
+    """Let ``set_optimizer_state_dict`` hand signify's entry on from a flattened state.
+
+    With ``StateDictOptions(flatten_optimizer_state_dict=True)`` (torchtitan's setting) the
+    entry is saved as ``"param_groups.<fqn>.signify"`` for each parameter, but torch's
+    ``_unflatten_optim_state_dict`` rebuilds a group only from the keys the live group has,
+    and ``load_state_dict`` runs after it: nothing of signify's sees the flattened dict. So
+    that function is wrapped (once): for a signified optimizer, each group it
+    returns gets the entry saved with its first parameter, where `_load` looks for it. Other
+    optimizers, and torch without that function, are left as they are.
+
+    Only once the module is imported (importing it costs ~0.12 s): a signified optimizer
+    built or unpickled after that, or whose ``state_dict()`` was called (a DCP save or the
+    load recipe's ``get_optimizer_state_dict``), wraps it."""
+    dsd = sys.modules.get("torch.distributed.checkpoint.state_dict")
+    if dsd is None:
+        return
+    unflatten = getattr(dsd, "_unflatten_optim_state_dict", None)
+    if not callable(unflatten) or getattr(unflatten, "_signify_entry", False):
+        return
+
+    @functools.wraps(unflatten)
+    def unflatten_with_entry(optim: Any, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        out = unflatten(optim, state_dict, *args, **kwargs)
+        if isinstance(optim, CheckpointedOptimizer) and isinstance(out, dict):
+            for group in out.get("param_groups", []):
+                fqns = group.get("params") if isinstance(group, dict) else None
+                key = f"param_groups.{fqns[0]}.{_GROUP_ENTRY}" if fqns else None
+                if key in state_dict:
+                    group[_GROUP_ENTRY] = state_dict[key]
+        return out
+
+    unflatten_with_entry._signify_entry = True  # type: ignore[attr-defined]
+    setattr(dsd, "_unflatten_optim_state_dict", unflatten_with_entry)  # noqa: B010
 
 
 @contextlib.contextmanager

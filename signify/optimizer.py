@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-from . import validation
+from . import dcp, validation
 from .adapters import adapter_for
 from .adapters.base import check_supported
 from .checkpoint import CheckpointedOptimizer
@@ -204,6 +204,9 @@ class SignifiedOptimizer(CheckpointedOptimizer):
     @_not_traced
     @torch.no_grad()
     def _step(self, closure: Any) -> Any:
+        if not self.state and dcp.initializing(self):  # torch's DCP state init: no step
+            dcp.init_state(self)
+            return None
         loss = None
         if closure is not None:
             if not callable(closure):

@@ -3,7 +3,9 @@
 ``StateDictOptions(flatten_optimizer_state_dict=True)`` (torchtitan's setting) keys every
 value by parameter name (``"param_groups.<fqn>.signify"`` for signify's entry), and
 ``set_optimizer_state_dict`` rebuilds the groups from the keys the live groups have: signify's
-entry (seed, noise counter, stepsize scalars, block clock) must still come through.
+entry (seed, noise counter, stepsize scalars, block clock) must still come through. And a
+save must not move the run: torch's ``_init_optim_state`` steps an optimizer whose state is
+empty, which signify turns into a step that steps nothing (`signify.dcp`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ MAKERS = {
         m.named_parameters(), lr=1e-2, seed=s
     ),
     "blocks": lambda m, s: signify.signify(torch.optim.Adam, blocks="cyclic")(
+        m.named_parameters(), lr=1e-2, seed=s
+    ),
+    "blocks-depth": lambda m, s: signify.signify(torch.optim.Adam, blocks="depth")(
         m.named_parameters(), lr=1e-2, seed=s
     ),
 }
@@ -83,3 +88,45 @@ def test_resume_through_a_flattened_optimizer_state_is_exact(kind, through_files
         step(m2, opt2, k)
     for a, b in zip(m.parameters(), m2.parameters()):
         assert torch.equal(a, b), (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["nested", "flattened"])
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_saving_through_dcp_does_not_move_the_run(kind, flatten):
+    """get_optimizer_state_dict steps an optimizer whose state is empty (torch's
+    _init_optim_state: zero gradients, lr 0, step()): a fresh one, and a block schedule's
+    between any two steps. Saving at step 0 and after 2 steps, then training 5 more, must be
+    bit for bit the run that never saved; and a fresh optimizer resumed from the second save
+    (its own state made by that init) must be too."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(flatten_optimizer_state_dict=flatten)
+    make = MAKERS[kind]
+    torch.manual_seed(0)
+    xs = torch.randn(7, 16, 8)
+
+    def step(m, o, k):  # type: ignore[no-untyped-def]
+        o.zero_grad()
+        m(xs[k]).square().mean().backward()
+        o.step()
+
+    ref, saved, resumed = _model(), _model(), _model()
+    opt_ref, opt = make(ref, 3), make(saved, 3)
+    get_optimizer_state_dict(saved, opt, options=options)  # fresh: step 0
+    for k in range(2):
+        step(ref, opt_ref, k)
+        step(saved, opt, k)
+    sd = copy.deepcopy(get_optimizer_state_dict(saved, opt, options=options))
+    resumed.load_state_dict(saved.state_dict())
+    opt2 = make(resumed, 99)
+    set_optimizer_state_dict(resumed, opt2, sd, options=options)
+    for k in range(2, 7):
+        for m, o in ((ref, opt_ref), (saved, opt), (resumed, opt2)):
+            step(m, o, k)
+    for name, m in (("saved", saved), ("resumed", resumed)):
+        for a, b in zip(ref.parameters(), m.parameters()):
+            assert torch.equal(a, b), (name, (a - b).abs().max().item())

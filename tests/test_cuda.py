@@ -228,3 +228,24 @@ def test_clip_inside_equals_clip_grad_norm_on_cuda(flatten):
     differ = ((runs["inside"] - runs["outside"]).abs() > 1e-6).float().mean()
     assert differ < 1e-3, differ
     assert ((runs["inside"] - runs["none"]).abs() > 1e-6).float().mean() > 0.01
+
+
+def test_compiled_sign_packing_keeps_no_wide_temporary_on_cuda():
+    """alias-lowmem packs 8 signs a byte: the compiled step's peak above what it held before
+    is the new bits (1/8 B/param), not a promoted int64 sum (1 B/param; measured 1.000 before
+    43db342, 0.125 after, bench/pack_memory.py)."""
+    n = 2**24
+    ps = [torch.randn(n, device=DEV, requires_grad=True) for _ in range(2)]
+    opt = signify.signify(torch.optim.SGD, stepsize="alias-lowmem")(ps, lr=1.0)
+    assert opt.compiled
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    opt.step()
+    torch.cuda.synchronize()
+    extra = (torch.cuda.max_memory_allocated() - before) / (2 * n)
+    assert extra < 0.5, f"{extra:.3f} B/param above the step's start"

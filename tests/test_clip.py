@@ -70,7 +70,9 @@ CASES = {
 
 #: every case eagerly; the compiled graphs (per tensor and flat) for a few, as compiling
 #: costs seconds on the CPU: with a prepass (ALIAS), and the flat buffer (per tensor without
-#: a prepass: `test_clip_coefficient_changes_without_recompiling`)
+#: a prepass: `test_clip_coefficient_changes_without_recompiling`). Compiled per tensor, one
+#: tensor a chunk (compile_chunk=1): each lane's chunks share one graph (the default's
+#: chunks of 2 and 1 tensors cost two; ALIAS's norms still combine across chunks)
 LAYOUTS = [(c, "eager") for c in sorted(CASES)] + [
     ("sgd_alias", "compiled"),
     ("adam", "flat"),
@@ -82,6 +84,8 @@ LAYOUTS = [(c, "eager") for c in sorted(CASES)] + [
 def test_clip_inside_equals_clip_grad_norm_then_step(case, layout):
     base, kw, opts = CASES[case]
     run_kw = {"compile": layout != "eager", "flatten": layout == "flat", **kw}
+    if layout == "compiled":
+        run_kw["compile_chunk"] = 1
     cls = signify.signify(base, **opts)
 
     def make(xs, **extra):
@@ -101,7 +105,8 @@ def test_clip_inside_equals_clip_grad_norm_then_step(case, layout):
         # against the eager run (compiling the reference too would double the test's cost):
         # equal to the summation order of ALIAS's norms
         def make_eager(xs, **extra):
-            return cls(xs, **{**run_kw, "compile": False, "flatten": False}, **extra)
+            eager_kw = {k: v for k, v in run_kw.items() if k != "compile_chunk"}
+            return cls(xs, **{**eager_kw, "compile": False, "flatten": False}, **extra)
 
         want, _ = _run(make_eager, ps, hist, clip_inside=False, clip_outside=True)
         for a, b in zip(got, want):
@@ -176,6 +181,8 @@ def test_norm_is_the_nonfinite_check(monkeypatch, compile_):
     xs = [p.clone().requires_grad_() for p in ps]
     ref = [p.clone().requires_grad_() for p in ps]
     kw = {"lr": 1e-2, "momentum": 0.9, "seed": 2, "compile": compile_, "max_grad_norm": MAX_NORM}
+    if compile_:  # chunks of 2 tensors, the last padded: the graphs of the test below
+        kw["compile_chunk"] = 2
     opt, ref_opt = cls(xs, **kw), cls(ref, **kw)
     for t in range(4):
         gs = _grads(ps, t)
@@ -212,7 +219,8 @@ def test_clip_coefficient_changes_without_recompiling():
     hist = [[g * (t + 1) for g in _grads(ps, t)] for t in range(12)]
     xs = [p.clone().requires_grad_() for p in ps]
     ref = [p.clone().requires_grad_() for p in ps]
-    opt = cls(xs, lr=1e-2, momentum=0.9, compile=True, max_grad_norm=MAX_NORM)
+    # compile_chunk=2 (padded chunks): the graphs of test_norm_is_the_nonfinite_check[True]
+    opt = cls(xs, lr=1e-2, momentum=0.9, compile=True, compile_chunk=2, max_grad_norm=MAX_NORM)
     ref_opt = cls(ref, lr=1e-2, momentum=0.9, compile=False)
     frames = None
     for t, gs in enumerate(hist):

@@ -25,7 +25,9 @@ WORLD = 2
 
 @pytest.fixture(scope="module")
 def ranks():
-    mp.set_forkserver_preload(["torch", "torch.distributed", "signify", "_dist_workers"])
+    mp.set_forkserver_preload(
+        ["torch", "torch.distributed", "torch._dynamo", "signify", "_dist_workers"]
+    )
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(
             dw.worker,

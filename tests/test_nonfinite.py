@@ -314,10 +314,11 @@ def test_compiled_alias_skip_changes_nothing(name="alias"):
     """Compiled, a skipped step keeps ALIAS's previous gradient, a buffer the update pass
     otherwise only writes (a cheaper keep that skips reading it was tried and measured
     slower, docs/stepsize.md); the 4 x 4 weights run in the rows lane, the biases in the
-    flat one. The compiled run then continues like an eager twin that never saw the bad
-    step."""
+    flat one, one tensor a chunk (three chunks a lane share each lane's graphs: chunks of 2
+    and 1 would compile twice as many). The compiled run then continues like an eager twin
+    that never saw the bad step."""
     model, twin = Stack(), Stack()
-    opt = build(name, model, compile=True, compile_chunk=2)
+    opt = build(name, model, compile=True, compile_chunk=1)
     ref = build(name, twin)  # eager: the plain where
     assert opt.compiled and not ref.compiled
     step_both(model, opt, twin, ref, range(3))

@@ -101,7 +101,12 @@ def _simulate_mean(seeds):
 
 def test_alias_all_reduce_matches_single_process_simulation(tmp_path):
     seeds = [int(s) for s in torch.randint(0, 2**31, (WORLD,))]
-    mp.spawn(_worker, args=(str(tmp_path), seeds), nprocs=WORLD, join=True)
+    # a fork server that imported torch once (shared with the worker's other spawns): the
+    # ranks start in a fraction of a second instead of each importing torch again
+    mp.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo", "signify"])
+    mp.start_processes(
+        _worker, args=(str(tmp_path), seeds), nprocs=WORLD, join=True, start_method="forkserver"
+    )
     res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     # mean: identical stepsizes on both ranks, equal to the simulation
     gam, xs = _simulate_mean(seeds)

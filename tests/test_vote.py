@@ -28,7 +28,9 @@ from _gloo import free_port
 def start(fn, args, nprocs):
     """torch.multiprocessing with a fork server that imported torch once: 7 ranks start in
     seconds instead of each importing torch again (about 40 s on 2 cores)."""
-    mp.set_forkserver_preload(["torch", "torch.distributed", "signify", "_vote_workers"])
+    mp.set_forkserver_preload(
+        ["torch", "torch.distributed", "torch._dynamo", "signify", "_vote_workers"]
+    )
     mp.start_processes(fn, args=args, nprocs=nprocs, join=True, start_method="forkserver")
 
 

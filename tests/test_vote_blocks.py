@@ -39,13 +39,17 @@ def simulate(world: int) -> list[torch.Tensor]:
 
 def test_vote_with_blocks_sends_only_the_active_block_and_matches_simulation():
     world = 2
+    # a fork server that imported torch once (shared with the worker's other spawns)
+    mp.set_forkserver_preload(
+        ["torch", "torch.distributed", "torch._dynamo", "signify", "_vote_blocks_worker"]
+    )
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(
             vb.worker,
             args=(world, free_port(), out),
             nprocs=world,
             join=True,
-            start_method="spawn",
+            start_method="forkserver",
         )
         ranks = [torch.load(f"{out}/rank{r}.pt", weights_only=False) for r in range(world)]
     picks = depth_schedule(len(vb.SIZES), 10.0, vb.STEPS)

@@ -30,7 +30,9 @@ from _gloo import free_port
 
 @pytest.fixture(scope="module")
 def ranks():
-    mp.set_forkserver_preload(["torch", "torch.distributed", "signify", "_vote_skip_workers"])
+    mp.set_forkserver_preload(
+        ["torch", "torch.distributed", "torch._dynamo", "signify", "_vote_skip_workers"]
+    )
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(
             dw.worker,
